@@ -1,0 +1,301 @@
+"""Segmentation metrics: a streaming mean IoU over one int64 confusion matrix.
+
+Everything is computed from the confusion matrix ``CM`` (rows = ground truth, columns = prediction)::
+
+    IoU_k = CM[k,k] / (sum_j CM[k,j] + sum_j CM[j,k] - CM[k,k])
+    Acc_k = CM[k,k] / sum_j CM[k,j]
+    overall_accuracy = trace(CM) / sum(CM)
+
+The keys and NaN rules follow Hugging Face ``evaluate``'s ``mean_iou``: a class whose union (for IoU) or label
+area (for accuracy) is 0 gets NaN, and the means skip NaN (``np.nanmean``).
+
+Pixels whose label equals ``ignore_index``, or whose label or prediction lies outside ``[0, K)``, are not counted.
+(``evaluate``'s ``mean_iou`` differs on one corner: it still counts a pixel whose label is out of range but not
+``ignore_index`` in the predicted area, and one whose prediction is out of range as a missed label pixel.)
+
+Memory is O(K^2): predictions are never stored. ``torch`` and ``numpy`` only; ``evaluate`` is imported lazily by
+:func:`load_mean_iou_metric`, so this module also works where ``evaluate`` is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import LADError
+
+__all__ = [
+    "confusion_matrix",
+    "confusion_matrix_per_sample",
+    "upsample_argmax",
+    "mean_iou_from_confusion",
+    "flatten_metrics",
+    "StreamingMeanIoU",
+    "load_mean_iou_metric",
+    "MEAN_IOU_SCRIPT",
+]
+
+#: Path of the offline ``evaluate`` metric script shipped in the package.
+MEAN_IOU_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics_module", "mean_iou.py")
+
+# Default bound on the number of upsampled logit elements held at once by :func:`upsample_argmax`
+# (2**26 float32 values = 256 MiB).
+DEFAULT_MAX_UPSAMPLE_ELEMENTS = 2**26
+
+
+def _as_tensor(x: Any, device: Optional[torch.device] = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if device is not None and x.device != device:
+        x = x.to(device)
+    return x
+
+
+def _check_indices(preds: torch.Tensor, labels: torch.Tensor) -> None:
+    if preds.is_floating_point() or preds.is_complex() or preds.dtype == torch.bool:
+        raise LADError(
+            f"preds must hold integer class indices, got dtype {preds.dtype}; "
+            "pass logits [N,K,h,w] to StreamingMeanIoU.update or call upsample_argmax first."
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise LADError(f"labels must hold integer class ids, got dtype {labels.dtype}.")
+    if preds.shape != labels.shape:
+        raise LADError(f"preds shape {tuple(preds.shape)} does not match labels shape {tuple(labels.shape)}.")
+
+
+def _flat_bin_index(
+    preds: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int, max_bin: int
+) -> torch.Tensor:
+    """``label*K + pred`` for valid pixels, ``K*K`` (a dummy bin) for the rest; same shape as the inputs.
+
+    Works in the labels' dtype when it is int32/int64 (no copy) and wide enough for ``max_bin``; narrow types
+    are widened so ``label*K + pred`` cannot overflow.
+    """
+    k = int(num_labels)
+    fits_int32 = max_bin < 2**31
+    if labels.dtype == torch.int64 or not fits_int32:
+        work = torch.int64
+    else:
+        work = torch.int32
+    p = preds.to(work)
+    l = labels.to(work)
+    invalid = (l < 0) | (l >= k) | (p < 0) | (p >= k)
+    if 0 <= ignore_index < k:  # an ignore_index outside [0, K) is already excluded by the range test
+        invalid |= l == ignore_index
+    # In place on the fresh ``l*K + p`` buffer: same result as torch.where(valid, l*K+p, K*K), one allocation less.
+    return torch.add(p, l, alpha=k).masked_fill_(invalid, k * k)
+
+
+def confusion_matrix(preds, labels, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
+    """Confusion matrix ``CM[gt, pred]`` (int64 ``[K, K]``) of integer maps of any matching shape.
+
+    One ``torch.bincount`` on the inputs' device, without boolean indexing (no host sync, fixed shapes):
+    invalid pixels (label == ``ignore_index``, label or prediction outside ``[0, K)``) go to an extra bin
+    ``K*K`` that is dropped.
+    """
+    preds = _as_tensor(preds)
+    labels = _as_tensor(labels, preds.device)
+    _check_indices(preds, labels)
+    k = int(num_labels)
+    idx = _flat_bin_index(preds.reshape(-1), labels.reshape(-1), k, ignore_index, k * k + 1)
+    return torch.bincount(idx, minlength=k * k + 1)[: k * k].reshape(k, k).long()
+
+
+def confusion_matrix_per_sample(preds, labels, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
+    """Per-sample confusion matrices (int64 ``[N, K, K]``) of ``[N, ...]`` integer maps, in one bincount.
+
+    Sample ``n`` uses bins offset by ``n*(K*K+1)``. Trainers gather these with ``gather_for_metrics`` (which
+    drops padded duplicate samples) and sum over ``N``.
+    """
+    preds = _as_tensor(preds)
+    labels = _as_tensor(labels, preds.device)
+    _check_indices(preds, labels)
+    if preds.dim() == 0:
+        raise LADError("confusion_matrix_per_sample needs a leading batch dimension.")
+    k = int(num_labels)
+    n = preds.shape[0]
+    stride = k * k + 1
+    idx = _flat_bin_index(preds.reshape(n, -1), labels.reshape(n, -1), k, ignore_index, n * stride)
+    offsets = torch.arange(n, device=idx.device, dtype=idx.dtype).mul_(stride).unsqueeze(1)
+    counts = torch.bincount((idx + offsets).reshape(-1), minlength=n * stride)
+    return counts.reshape(n, stride)[:, : k * k].reshape(n, k, k).long()
+
+
+def upsample_argmax(
+    logits: torch.Tensor, size, max_elements: int = DEFAULT_MAX_UPSAMPLE_ELEMENTS
+) -> torch.Tensor:
+    """Class indices ``[N, H, W]`` from logits ``[N, K, h, w]``: bilinear upsampling to ``size`` then argmax.
+
+    Upsamples ``max(1, max_elements // (K*H*W))`` samples at a time to bound memory. Half-precision logits
+    on CPU are upsampled in float32.
+    """
+    if logits.dim() != 4:
+        raise LADError(f"logits must be [N, K, h, w], got shape {tuple(logits.shape)}.")
+    n, k, h, w = logits.shape
+    size = (int(size[0]), int(size[1]))
+    if (h, w) == size:
+        return logits.argmax(dim=1)
+    out = torch.empty((n, *size), dtype=torch.int64, device=logits.device)
+    step = max(1, int(max_elements) // max(1, k * size[0] * size[1]))
+    for start in range(0, n, step):
+        chunk = logits[start : start + step]
+        if not chunk.is_floating_point() or (chunk.device.type == "cpu" and chunk.dtype == torch.float16):
+            chunk = chunk.float()
+        up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)
+        out[start : start + step] = up.argmax(dim=1)
+        del up
+    return out
+
+
+def mean_iou_from_confusion(confusion, nan_to_num: Optional[float] = None) -> dict:
+    """``evaluate``-style mean IoU dict from a ``[K, K]`` confusion matrix (rows = ground truth).
+
+    ``IoU_k = CM[k,k] / (sum_j CM[k,j] + sum_j CM[j,k] - CM[k,k])``; ``Acc_k = CM[k,k] / sum_j CM[k,j]``.
+    Returns ``mean_iou``, ``mean_accuracy``, ``overall_accuracy`` (``np.float64``) and ``per_category_iou``,
+    ``per_category_accuracy`` (float64 arrays). Classes with a zero denominator are NaN and skipped by the means;
+    ``nan_to_num`` replaces every NaN, as in ``evaluate``.
+    """
+    if isinstance(confusion, torch.Tensor):
+        confusion = confusion.detach().cpu().numpy()
+    cm = np.asarray(confusion, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise LADError(f"confusion must be a square [K, K] matrix, got shape {cm.shape}.")
+    intersect = np.diag(cm)
+    area_label = cm.sum(axis=1)
+    area_pred = cm.sum(axis=0)
+    area_union = area_label + area_pred - intersect
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-NaN slice
+        iou = intersect / area_union
+        acc = intersect / area_label
+        metrics = {
+            "mean_iou": np.float64(np.nanmean(iou)),
+            "mean_accuracy": np.float64(np.nanmean(acc)),
+            "overall_accuracy": np.float64(intersect.sum() / area_label.sum()),
+            "per_category_iou": iou,
+            "per_category_accuracy": acc,
+        }
+    if nan_to_num is not None:
+        metrics = {name: np.nan_to_num(value, nan=nan_to_num) for name, value in metrics.items()}
+    return metrics
+
+
+def _class_name(k: int, id2label: Optional[Mapping]) -> str:
+    if id2label:
+        name = id2label.get(k, id2label.get(str(k)))
+        if name is not None:
+            return "_".join(str(name).replace("/", " ").split())
+    return str(k)
+
+
+def flatten_metrics(result: Mapping, id2label: Optional[Mapping] = None, prefix: str = "") -> dict:
+    """Flat ``{name: float}`` for Trainer logs: ``mean_iou``, ``mean_accuracy``, ``overall_accuracy`` and
+    ``iou_<class name>`` per class (class id when ``id2label`` lacks it; spaces become ``_``). NaN stays NaN."""
+    flat = {f"{prefix}{key}": float(result[key]) for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
+    for k, value in enumerate(np.asarray(result["per_category_iou"], dtype=np.float64).reshape(-1)):
+        flat[f"{prefix}iou_{_class_name(k, id2label)}"] = float(value)
+    return flat
+
+
+class StreamingMeanIoU:
+    """Streaming mean IoU: accumulates one int64 ``[K, K]`` confusion matrix on the inputs' device.
+
+    ``IoU_k = CM[k,k] / (sum_j CM[k,j] + sum_j CM[j,k] - CM[k,k])``, with ``evaluate``'s ``mean_iou`` keys
+    and NaN rules (see :func:`mean_iou_from_confusion`).
+
+    Args:
+        num_labels (`int`): number of classes K.
+        ignore_index (`int`, defaults to 255): label value that is not counted.
+        id2label (`Mapping`, *optional*): class names for :meth:`named_metrics`.
+        max_upsample_elements (`int`, defaults to 2**26): bound on upsampled logit elements held at once.
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        ignore_index: int = 255,
+        id2label: Optional[Mapping] = None,
+        max_upsample_elements: int = DEFAULT_MAX_UPSAMPLE_ELEMENTS,
+    ):
+        if int(num_labels) < 1:
+            raise LADError(f"num_labels must be >= 1, got {num_labels}.")
+        self.num_labels = int(num_labels)
+        self.ignore_index = int(ignore_index)
+        self.id2label = dict(id2label) if id2label is not None else None
+        self.max_upsample_elements = int(max_upsample_elements)
+        self.confusion: Optional[torch.Tensor] = None
+
+    def reset(self) -> None:
+        self.confusion = None
+
+    def add_confusion(self, cm) -> None:
+        """Add a ``[K, K]`` confusion matrix, or ``[N, K, K]`` per-sample matrices (summed over N)."""
+        cm = _as_tensor(cm, self.confusion.device if self.confusion is not None else None)
+        k = self.num_labels
+        if cm.dim() == 3:
+            cm = cm.sum(dim=0)
+        if tuple(cm.shape) != (k, k):
+            raise LADError(f"confusion matrix must be [{k}, {k}] or [N, {k}, {k}], got {tuple(cm.shape)}.")
+        cm = cm.long()
+        if self.confusion is None:
+            self.confusion = cm.clone()
+        else:
+            self.confusion += cm
+
+    def update(self, preds, labels) -> None:
+        """Add a batch. ``preds``: class indices ``[N, H, W]`` or logits ``[N, K, h, w]`` (upsampled bilinearly
+        to the label size, then argmax); ``labels``: ``[N, H, W]``. A single ``[H, W]`` map also works."""
+        preds = _as_tensor(preds)
+        labels = _as_tensor(labels, preds.device)
+        if preds.dim() == labels.dim() + 1:  # logits with a class dimension
+            if labels.dim() == 2:
+                preds, labels = preds.unsqueeze(0), labels.unsqueeze(0)
+            if labels.dim() != 3 or preds.shape[1] != self.num_labels or preds.shape[0] != labels.shape[0]:
+                raise LADError(
+                    f"logits must be [N, {self.num_labels}, h, w] with labels [N, H, W]; got logits "
+                    f"{tuple(preds.shape)} and labels {tuple(labels.shape)}."
+                )
+            with torch.no_grad():
+                preds = upsample_argmax(preds.detach(), labels.shape[-2:], self.max_upsample_elements)
+        self.add_confusion(confusion_matrix(preds, labels, self.num_labels, self.ignore_index))
+
+    def compute(self, sync: bool = False, nan_to_num: Optional[float] = None) -> dict:
+        """Metrics of everything added so far (see :func:`mean_iou_from_confusion`).
+
+        With ``sync=True`` and ``torch.distributed`` initialised, the matrices of all processes are summed with
+        ``all_reduce`` first (every process must call it). Trainers that gather per-sample matrices leave it off.
+        """
+        k = self.num_labels
+        cm = self.confusion if self.confusion is not None else torch.zeros(k, k, dtype=torch.int64)
+        if sync and torch.distributed.is_available() and torch.distributed.is_initialized():
+            cm = cm.clone()
+            torch.distributed.all_reduce(cm, op=torch.distributed.ReduceOp.SUM)
+        return mean_iou_from_confusion(cm, nan_to_num=nan_to_num)
+
+    def named_metrics(self, prefix: str = "", sync: bool = False) -> dict:
+        """:meth:`compute` flattened for Trainer logs (see :func:`flatten_metrics`)."""
+        return flatten_metrics(self.compute(sync=sync), self.id2label, prefix)
+
+
+def load_mean_iou_metric(**kwargs):
+    """The packaged ``evaluate`` mean IoU metric, loaded offline from :data:`MEAN_IOU_SCRIPT`.
+
+    Keyword arguments go to ``evaluate.load`` (e.g. ``keep_in_memory=True``). Needs ``evaluate`` installed.
+    """
+    try:
+        import evaluate
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise LADError(
+            "load_mean_iou_metric needs the `evaluate` package; use StreamingMeanIoU where it is not installed."
+        ) from err
+    return evaluate.load(MEAN_IOU_SCRIPT, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Teacher stability (mKL over noise draws) goes below.
+# ---------------------------------------------------------------------------------------------------------------
