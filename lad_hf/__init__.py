@@ -11,6 +11,7 @@ from .losses import LOSSES, ChannelWiseDivergence, LogitMSE, PixelWiseKL, build_
 from .modeling import ModelArguments, add_label_channel, build_model, is_label_assisted
 from .metrics import StreamingMeanIoU
 from .stability import mean_pairwise_kl, teacher_stability
+from .segmentation_trainer import SegmentationConfig, SegmentationTrainer
 from .teacher_trainer import LADTeacherConfig, LADTeacherTrainer
 from .distillation_trainer import LADDistillationConfig, LADDistillationTrainer
 
@@ -18,5 +19,5 @@ __all__ = [
     "LADError", "LabelNoiser", "LOSSES", "ChannelWiseDivergence", "PixelWiseKL", "LogitMSE", "build_loss",
     "ModelArguments", "add_label_channel", "build_model", "is_label_assisted", "StreamingMeanIoU",
     "mean_pairwise_kl", "teacher_stability", "LADTeacherConfig", "LADTeacherTrainer",
-    "LADDistillationConfig", "LADDistillationTrainer",
+    "LADDistillationConfig", "LADDistillationTrainer", "SegmentationConfig", "SegmentationTrainer",
 ]

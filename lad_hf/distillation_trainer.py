@@ -9,18 +9,19 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import torch
-from transformers import PreTrainedModel, TrainingArguments
+from transformers import PreTrainedModel
 
 from .errors import LADError
 from .losses import LOSSES, build_loss
 from .modeling import image_channels, is_label_assisted, segmentation_logits
 from .noising import reference_fixed_alpha
+from .segmentation_trainer import SegmentationConfig
 from .teacher_trainer import LabelNoiseArguments
 from .trainer_base import LADTrainerBase
 
 
 @dataclass
-class LADDistillationConfig(LabelNoiseArguments, TrainingArguments):
+class LADDistillationConfig(LabelNoiseArguments, SegmentationConfig):
     r"""
     Configuration for [`LADDistillationTrainer`]. All [`~transformers.TrainingArguments`] apply as well.
 
@@ -49,9 +50,6 @@ class LADDistillationConfig(LabelNoiseArguments, TrainingArguments):
     distill_tau: float = field(default=4.0, metadata={"help": "Temperature τ of the distillation loss."})
     distill_weight: float = field(default=3.0, metadata={"help": "μ, weight of the distillation loss."})
     fixed_class_encoding: bool = field(default=False, metadata={"help": "Fix α_k as the reference code does."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns for the lazy transforms."})
-    label_names: Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "Batch keys holding labels."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every X steps."})
 
     def __post_init__(self):
         super().__post_init__()

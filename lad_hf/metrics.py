@@ -68,62 +68,60 @@ def _check_indices(preds: torch.Tensor, labels: torch.Tensor) -> None:
         raise LADError(f"preds shape {tuple(preds.shape)} does not match labels shape {tuple(labels.shape)}.")
 
 
-def _flat_bin_index(
-    preds: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int, max_bin: int
-) -> torch.Tensor:
-    """``label*K + pred`` for valid pixels, ``K*K`` (a dummy bin) for the rest; same shape as the inputs.
+def _confusion_rows(preds: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int) -> torch.Tensor:
+    """Confusion matrices ``[N, K, K]`` of ``[N, M]`` integer maps with one ``torch.bincount``.
 
-    Works in the labels' dtype when it is int32/int64 (no copy) and wide enough for ``max_bin``; narrow types
-    are widened so ``label*K + pred`` cannot overflow.
+    Labels and predictions are clamped to ``[-1, K]`` and binned in a ``(K+2) x (K+2)`` grid per sample
+    (sample ``n`` offset by ``n*(K+2)^2``). Every out-of-range value lands in the border rows/columns, which are
+    dropped; the row of an ``ignore_index`` inside ``[0, K)`` is zeroed. Same counts as sending invalid pixels to
+    a dummy bin with ``torch.where``, in 4 elementwise passes instead of about 10, with no boolean indexing.
     """
     k = int(num_labels)
-    fits_int32 = max_bin < 2**31
-    if labels.dtype == torch.int64 or not fits_int32:
-        work = torch.int64
+    n = preds.shape[0]
+    side = k + 2
+    block = side * side
+    wide = n * block >= 2**31
+    if wide or preds.dtype not in (torch.int32, torch.int64):
+        preds = preds.to(torch.int64 if wide else torch.int32)
+    if wide or labels.dtype not in (torch.int32, torch.int64):
+        labels = labels.to(torch.int64 if wide else torch.int32)
+    # bin(n, l, p) = n*(K+2)^2 + (l+1)*(K+2) + (p+1)
+    idx = torch.add(preds.clamp(-1, k), labels.clamp(-1, k), alpha=side)
+    if n == 1:
+        idx.add_(side + 1)
     else:
-        work = torch.int32
-    p = preds.to(work)
-    l = labels.to(work)
-    invalid = (l < 0) | (l >= k) | (p < 0) | (p >= k)
-    if 0 <= ignore_index < k:  # an ignore_index outside [0, K) is already excluded by the range test
-        invalid |= l == ignore_index
-    # In place on the fresh ``l*K + p`` buffer: same result as torch.where(valid, l*K+p, K*K), one allocation less.
-    return torch.add(p, l, alpha=k).masked_fill_(invalid, k * k)
+        idx.add_(torch.arange(n, device=idx.device, dtype=idx.dtype).mul_(block).add_(side + 1).unsqueeze(1))
+    counts = torch.bincount(idx.reshape(-1), minlength=n * block)
+    cm = counts.reshape(n, side, side)[:, 1 : k + 1, 1 : k + 1].contiguous()
+    if 0 <= ignore_index < k:  # an ignore_index outside [0, K) already falls in the border
+        cm[:, ignore_index, :] = 0
+    return cm.long()
 
 
 def confusion_matrix(preds, labels, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
     """Confusion matrix ``CM[gt, pred]`` (int64 ``[K, K]``) of integer maps of any matching shape.
 
-    One ``torch.bincount`` on the inputs' device, without boolean indexing (no host sync, fixed shapes):
-    invalid pixels (label == ``ignore_index``, label or prediction outside ``[0, K)``) go to an extra bin
-    ``K*K`` that is dropped.
+    One ``torch.bincount`` on the inputs' device, no boolean indexing (no host sync, fixed shapes). Pixels with
+    label == ``ignore_index``, or label or prediction outside ``[0, K)``, are not counted.
     """
     preds = _as_tensor(preds)
     labels = _as_tensor(labels, preds.device)
     _check_indices(preds, labels)
-    k = int(num_labels)
-    idx = _flat_bin_index(preds.reshape(-1), labels.reshape(-1), k, ignore_index, k * k + 1)
-    return torch.bincount(idx, minlength=k * k + 1)[: k * k].reshape(k, k).long()
+    return _confusion_rows(preds.reshape(1, -1), labels.reshape(1, -1), num_labels, ignore_index)[0]
 
 
 def confusion_matrix_per_sample(preds, labels, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
     """Per-sample confusion matrices (int64 ``[N, K, K]``) of ``[N, ...]`` integer maps, in one bincount.
 
-    Sample ``n`` uses bins offset by ``n*(K*K+1)``. Trainers gather these with ``gather_for_metrics`` (which
-    drops padded duplicate samples) and sum over ``N``.
+    Trainers gather these with ``gather_for_metrics`` (which drops padded duplicate samples) and sum over ``N``.
     """
     preds = _as_tensor(preds)
     labels = _as_tensor(labels, preds.device)
     _check_indices(preds, labels)
     if preds.dim() == 0:
         raise LADError("confusion_matrix_per_sample needs a leading batch dimension.")
-    k = int(num_labels)
     n = preds.shape[0]
-    stride = k * k + 1
-    idx = _flat_bin_index(preds.reshape(n, -1), labels.reshape(n, -1), k, ignore_index, n * stride)
-    offsets = torch.arange(n, device=idx.device, dtype=idx.dtype).mul_(stride).unsqueeze(1)
-    counts = torch.bincount((idx + offsets).reshape(-1), minlength=n * stride)
-    return counts.reshape(n, stride)[:, : k * k].reshape(n, k, k).long()
+    return _confusion_rows(preds.reshape(n, -1), labels.reshape(n, -1), num_labels, ignore_index)
 
 
 def upsample_argmax(

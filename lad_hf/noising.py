@@ -113,11 +113,12 @@ class LabelNoiser:
         k = self.num_labels
         # ignore pixels (and nothing else, once validated) map to slot K
         idx = torch.where((labels >= 0) & (labels < k), labels, torch.full_like(labels, k)).long()
-        codes = self.class_codes(n, labels.device, dtype)  # [N, K+1]
+        # draw and add in float32 whatever the output dtype, so one seed gives the same noise in fp32/fp64/bf16
+        codes = self.class_codes(n, labels.device, torch.float32)  # [N, K+1]
         out = codes.gather(1, idx.view(n, -1)).view(n, 1, h, w)
         if self.pixel_noise and self.sigma > 0:
-            out = out + self.sigma * self._randn((n, 1, h, w), labels.device, dtype)
-        return out
+            out = out + self.sigma * self._randn((n, 1, h, w), labels.device, torch.float32)
+        return out.to(dtype)
 
     def assist(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """[x ; ŷ]: the image with the noised label appended as the last channel."""

@@ -25,7 +25,6 @@ import argparse
 import functools
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ import struct
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -53,10 +53,14 @@ __all__ = [
     "SceneLayout",
     "build_fashion_scenes",
     "cache_key",
+    "encode_png",
     "filled_silhouette",
+    "item_class",
+    "item_gray",
     "load_fashion_mnist",
     "load_or_build_fashion_scenes",
     "main",
+    "render_layout",
     "render_scene",
     "scene_layout",
 ]
@@ -340,19 +344,51 @@ def scene_layout(split: str, index: int, *, seed: int = 0, canvas_size: int = 96
     return SceneLayout(split, int(index), int(canvas_size), background, crop, background_flip, tuple(items))
 
 
-def filled_silhouette(gray: np.ndarray, threshold: int = SILHOUETTE_THRESHOLD) -> np.ndarray:
-    """Boolean silhouette of a grayscale item: pixels > ``threshold``, with enclosed holes filled."""
-    from scipy.ndimage import binary_fill_holes
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)  # 4-connectivity
 
-    return binary_fill_holes(np.asarray(gray) > threshold)
+
+def filled_silhouette(gray: np.ndarray, threshold: int = SILHOUETTE_THRESHOLD) -> np.ndarray:
+    """Boolean silhouette of a grayscale item: pixels > ``threshold``, with enclosed holes filled.
+
+    Same result as ``scipy.ndimage.binary_fill_holes(gray > threshold)``: a hole is a background
+    region not 4-connected to the border. Labelling the background is several times faster.
+    """
+    from scipy import ndimage
+
+    solid = np.asarray(gray) > threshold
+    regions, n = ndimage.label(~solid, structure=_CROSS)
+    if n == 0:
+        return solid
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (regions[0], regions[-1], regions[:, 0], regions[:, -1]):
+        outside[edge] = True
+    outside[0] = False  # label 0 is the item itself
+    return ~outside[regions]
 
 
 def _soft_alpha(silhouette: np.ndarray) -> np.ndarray:
-    """Image alpha: 1 inside, slightly lower on the silhouette's rim, 0 outside (never beyond the mask)."""
-    s = silhouette.astype(np.float32)
-    p = np.pad(s, 1)
-    box = sum(p[1 + dy : 1 + dy + s.shape[0], 1 + dx : 1 + dx + s.shape[1]] for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-    return s * (0.5 + 0.5 * box / 9.0)
+    """Image alpha: 1 inside, 0.6 on the silhouette's 4-connected rim, 0 outside (never beyond the mask)."""
+    inner = silhouette.copy()
+    inner[1:] &= silhouette[:-1]
+    inner[:-1] &= silhouette[1:]
+    inner[:, 1:] &= silhouette[:, :-1]
+    inner[:, :-1] &= silhouette[:, 1:]
+    alpha = np.where(inner, np.float32(1.0), np.float32(0.6))
+    alpha[~silhouette] = 0.0
+    return alpha
+
+
+def item_gray(item: SceneItem, fashion: dict) -> np.ndarray:
+    """The item's grayscale photo, flipped if asked and resized (bilinear) to ``item.size`` pixels."""
+    gray = fashion[item.fashion_split][0][item.fashion_index]
+    if item.flip:
+        gray = gray[:, ::-1]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(gray)).resize((item.size, item.size), Image.BILINEAR))
+
+
+def item_class(item: SceneItem, fashion: dict) -> int:
+    """Class id of an item in :data:`FASHION_SCENES_ID2LABEL` (Fashion-MNIST label + 1)."""
+    return int(fashion[item.fashion_split][1][item.fashion_index]) + 1
 
 
 def _render(layout: SceneLayout, fashion: dict, photos: dict[str, Image.Image]) -> tuple[np.ndarray, np.ndarray]:
@@ -362,26 +398,29 @@ def _render(layout: SceneLayout, fashion: dict, photos: dict[str, Image.Image]) 
     side = layout.crop[0] * min(w, h)
     x0 = layout.crop[1] * (w - side)
     y0 = layout.crop[2] * (h - side)
-    canvas = np.asarray(bg.resize((cs, cs), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side)), dtype=np.float32)
+    crop = bg.resize((cs, cs), Image.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
     if layout.background_flip:
-        canvas = canvas[:, ::-1]
-    canvas = np.array(canvas)  # writable, contiguous
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    canvas = np.array(crop, dtype=np.float32)
     mask = np.zeros((cs, cs), dtype=np.uint8)
     for item in layout.items:
-        images, labels = fashion[item.fashion_split]
-        gray = images[item.fashion_index]
-        if item.flip:
-            gray = gray[:, ::-1]
-        gray = np.asarray(Image.fromarray(np.ascontiguousarray(gray)).resize((item.size, item.size), Image.BILINEAR))
+        gray = item_gray(item, fashion)
         sil = filled_silhouette(gray)
         alpha = _soft_alpha(sil)[:, :, None]
         rgb = gray[:, :, None].astype(np.float32) * np.asarray(item.tint, dtype=np.float32)
         region = canvas[item.top : item.top + item.size, item.left : item.left + item.size]
         region += alpha * (rgb - region)
         mask_region = mask[item.top : item.top + item.size, item.left : item.left + item.size]
-        mask_region[sil] = int(labels[item.fashion_index]) + 1
+        mask_region[sil] = item_class(item, fashion)
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     return image, mask
+
+
+def render_layout(
+    layout: SceneLayout, *, fashion_mnist_dir: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render a layout as (HxWx3 uint8 image, HxW uint8 mask of class ids)."""
+    return _render(layout, load_fashion_mnist(fashion_mnist_dir), _background_photos(layout.canvas_size))
 
 
 def render_scene(
@@ -394,7 +433,7 @@ def render_scene(
 ) -> tuple[Image.Image, Image.Image]:
     """Render one scene as (RGB image, mode-"L" mask of class ids), exactly as the dataset stores it."""
     layout = scene_layout(split, index, seed=seed, canvas_size=canvas_size)
-    image, mask = _render(layout, load_fashion_mnist(fashion_mnist_dir), _background_photos(canvas_size))
+    image, mask = render_layout(layout, fashion_mnist_dir=fashion_mnist_dir)
     return Image.fromarray(image, "RGB"), Image.fromarray(mask, "L")
 
 
@@ -403,10 +442,34 @@ def render_scene(
 # --------------------------------------------------------------------------------------------
 
 
-def _png(array: np.ndarray, mode: str) -> dict:
-    buf = io.BytesIO()
-    Image.fromarray(array, mode).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return {"bytes": buf.getvalue(), "path": None}
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Lossless 8-bit PNG (gray for 2-D, RGB for HxWx3) with the "up" filter and fast zlib.
+
+    About 2x faster than PIL's encoder at similar size; encoding was the main cost of a build.
+    """
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    h, w = array.shape[:2]
+    rows = array.reshape(h, -1)
+    filtered = np.empty((h, rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type "up"
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps mod 256, as PNG wants
+    color_type = 0 if array.ndim == 2 else 2
+    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), PNG_COMPRESS_LEVEL))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _png(array: np.ndarray) -> dict:
+    return {"bytes": encode_png(array), "path": None}
 
 
 def _generate(
@@ -419,7 +482,7 @@ def _generate(
     for start, stop in shards:
         for i in range(start, stop):
             image, mask = _render(scene_layout(split, i, seed=seed, canvas_size=canvas_size), fashion, photos)
-            yield {"image": _png(image, "RGB"), "label": _png(mask, "L")}
+            yield {"image": _png(image), "label": _png(mask)}
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ def mean_pairwise_kl(logits: torch.Tensor, reduction: str = "mean") -> torch.Ten
     logp = F.log_softmax(logits.float(), dim=2)
     p = logp.exp()
     total = d * (p * logp).sum(dim=(0, 2)) - (p.sum(0) * logp.sum(0)).sum(dim=1)  # [N, H, W]
-    per_image = total.flatten(1).mean(1) / (d * (d - 1))
+    per_image = (total.flatten(1).mean(1) / (d * (d - 1))).clamp_min(0)  # ≥ 0; clamp float rounding
     return per_image if reduction == "none" else per_image.mean()
 
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import TrainingArguments
 
 from .errors import LADError
 from .losses import LOSSES, build_loss
 from .stability import mean_pairwise_kl
 from .modeling import is_label_assisted, segmentation_logits
 from .noising import IGNORE_MODES
+from .segmentation_trainer import SegmentationConfig
 from .trainer_base import LADTrainerBase
 
 
@@ -27,8 +27,6 @@ class LabelNoiseArguments:
     class_noise: bool = field(default=True, metadata={"help": "Random per-class codes α_k ~ N(0,1); False feeds the clean label (shortcut ablation)."})
     pixel_noise: bool = field(default=True, metadata={"help": "Add σ·β per-pixel noise."})
     ignore_mode: str = field(default="zero", metadata={"help": "Label-channel value of ignore pixels.", "choices": list(IGNORE_MODES)})
-    ignore_index: int = field(default=255, metadata={"help": "Label value of ignored pixels."})
-    validate_labels: bool = field(default=True, metadata={"help": "Check every batch's labels are in [0, num_labels) or ignore."})
 
     def _check_noise(self):
         if self.label_sigma < 0:
@@ -38,7 +36,7 @@ class LabelNoiseArguments:
 
 
 @dataclass
-class LADTeacherConfig(LabelNoiseArguments, TrainingArguments):
+class LADTeacherConfig(LabelNoiseArguments, SegmentationConfig):
     r"""
     Configuration for [`LADTeacherTrainer`]. All [`~transformers.TrainingArguments`] apply as well.
 
@@ -72,10 +70,6 @@ class LADTeacherConfig(LabelNoiseArguments, TrainingArguments):
     consistency_tau: float = field(default=4.0, metadata={"help": "Temperature of the consistency loss."})
     consistency_symmetric: bool = field(default=True, metadata={"help": "Consistency in both directions."})
     eval_stability_draws: int = field(default=3, metadata={"help": "Noise draws for the eval mKL; 0 disables."})
-    # defaults that differ from TrainingArguments
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns for the lazy transforms."})
-    label_names: Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "Batch keys holding labels."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every X steps."})
 
     def __post_init__(self):
         super().__post_init__()

@@ -60,3 +60,33 @@ def tensor_dataset():
 @pytest.fixture
 def id2label():
     return dict(ID2LABEL)
+
+
+def write_parquet_dataset(root, n_train=24, n_val=8, size=32, seed=0):
+    """A real local parquet dataset (PNG images + L-mode masks) with an id2label.json next to it."""
+    import json
+    from pathlib import Path
+
+    from datasets import Dataset, Image as ImageFeature
+    from PIL import Image
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("validation", n_val)):
+        images, masks = [], []
+        for _ in range(n):
+            img, lab = synthetic_scene(rng, size)
+            rgb = np.clip((img.transpose(1, 2, 0) * 0.25 + 0.5) * 255, 0, 255).astype(np.uint8)
+            images.append(Image.fromarray(rgb))
+            masks.append(Image.fromarray(lab.astype(np.uint8), mode="L"))
+        ds = Dataset.from_dict({"image": images, "label": masks}).cast_column("image", ImageFeature()).cast_column("label", ImageFeature())
+        ds.to_parquet(str(root / f"{split}.parquet"))
+    (root / "id2label.json").write_text(json.dumps({str(k): v for k, v in ID2LABEL.items()}))
+    return root
+
+
+TINY_SEGFORMER_OVERRIDES = (
+    "num_encoder_blocks=2,depths=[1,1],sr_ratios=[2,1],hidden_sizes=[8,16],patch_sizes=[7,3],strides=[4,2],"
+    "num_attention_heads=[1,2],mlp_ratios=[2,2],decoder_hidden_size=16"
+)

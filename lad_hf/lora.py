@@ -1,0 +1,109 @@
+"""LoRA students through PEFT: target detection across transformers versions, frozen backbone, merge on export."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch.nn as nn
+
+from .errors import LADError
+
+# attention projection names, newest first (transformers 5.2x: q_proj/v_proj; older releases: query/value)
+ATTENTION_NAME_SETS = (("q_proj", "v_proj"), ("query", "value"), ("q", "v"), ("qkv",))
+BACKBONE_ROOTS = ("backbone", "segformer", "dpt", "beit", "data2vec_vision", "mobilenet_v2", "mobilevit", "mobilevitv2")
+BASE_MODEL_DIR = "base_model"
+
+
+@dataclass
+class LoraArguments:
+    """LoRA fine-tuning of the student's backbone (PEFT)."""
+
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters on a frozen backbone."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank r."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling α (update scaled by α/r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str = field(
+        default="auto", metadata={"help": "Comma-separated module names, or 'auto' (the attention q/v projections of this transformers version)."}
+    )
+
+
+def linear_module_names(model: nn.Module) -> List[str]:
+    """Distinct last-name parts of every nn.Linear in the backbone (the valid LoRA targets)."""
+    root = next((getattr(model, r) for r in BACKBONE_ROOTS if hasattr(model, r)), model)
+    return sorted({n.rsplit(".", 1)[-1] for n, m in root.named_modules() if isinstance(m, nn.Linear)})
+
+
+def resolve_target_modules(model: nn.Module, spec: str = "auto") -> List[str]:
+    """'auto' -> the q/v attention projection names present; explicit names are checked against the model."""
+    names = linear_module_names(model)
+    if spec in (None, "", "auto"):
+        for group in ATTENTION_NAME_SETS:
+            if all(g in names for g in group):
+                return list(group)
+        raise LADError(f"--lora_target_modules auto found no attention projections; linear modules are {names}")
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        raise LADError(f"--lora_target_modules {missing} not found in the backbone; its linear modules are {names}")
+    return wanted
+
+
+def head_modules(model: nn.Module) -> List[str]:
+    """Top-level children outside the backbone (decode/auxiliary heads, necks): trained fully and saved."""
+    return [n for n, _ in model.named_children() if n not in BACKBONE_ROOTS]
+
+
+def apply_lora(model, lora_args: LoraArguments):
+    """Wrap ``model`` in a PeftModel: LoRA on the backbone's attention, heads fully trainable, the rest frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = resolve_target_modules(model, lora_args.lora_target_modules)
+    root = next((r for r in BACKBONE_ROOTS if hasattr(model, r)), None)
+    cfg = LoraConfig(
+        r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
+        target_modules=rf"^{root}\..*\.({'|'.join(targets)})$" if root else targets,
+        modules_to_save=head_modules(model), bias="none",
+    )
+    return get_peft_model(model, cfg)
+
+
+def trainable_summary(model) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / max(total, 1):.4f}"
+
+
+def maybe_apply_lora(model, lora_args: LoraArguments, training_args):
+    """Apply LoRA when ``--use_lora``; the base weights are saved once so the adapter can be merged on export."""
+    if not lora_args.use_lora:
+        return model
+    base_dir = os.path.join(training_args.output_dir, BASE_MODEL_DIR)
+    if training_args.process_index == 0 and not os.path.isdir(base_dir):
+        model.save_pretrained(base_dir, safe_serialization=True)
+    peft_model = apply_lora(model, lora_args)
+    peft_model.peft_config["default"].base_model_name_or_path = os.path.abspath(base_dir)
+    print(trainable_summary(peft_model), flush=True)
+    return peft_model
+
+
+def load_merged(adapter_dir: str):
+    """Base model + adapter from ``adapter_dir`` -> a plain transformers model with LoRA merged in."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForSemanticSegmentation
+
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        base = json.load(f).get("base_model_name_or_path")
+    local_base = os.path.join(adapter_dir, BASE_MODEL_DIR)
+    if os.path.isdir(local_base):
+        base = local_base
+    if not base:
+        raise LADError(f"{adapter_dir!r}: adapter_config.json names no base model")
+    try:
+        model = AutoModelForSemanticSegmentation.from_pretrained(base)
+    except (OSError, ValueError) as e:
+        raise LADError(f"cannot load the LoRA base model {base!r}: {str(e).splitlines()[0]}") from None
+    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()

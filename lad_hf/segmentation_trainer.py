@@ -1,0 +1,60 @@
+"""SegmentationConfig + SegmentationTrainer: plain supervised training (baselines, plain KD teachers, evaluation).
+
+    L = CE(upsample(S(x)), y)   over pixels whose label is not the ignore index
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import TrainingArguments
+
+from .errors import LADError
+from .modeling import image_channels, is_label_assisted, segmentation_logits
+from .trainer_base import LADTrainerBase
+
+
+@dataclass
+class SegmentationConfig(TrainingArguments):
+    r"""
+    Configuration for [`SegmentationTrainer`], and the base of the LAD configs.
+
+    Parameters that control the data:
+        ignore_index (`int`, defaults to `255`): label value of ignored pixels.
+        validate_labels (`bool`, defaults to `True`): check each batch's labels lie in [0, num_labels) or are ignored.
+
+    Defaults that differ from `TrainingArguments`: `remove_unused_columns=False` (the transforms build
+    `pixel_values`/`labels` lazily from the raw columns), `label_names=["labels"]`, `logging_steps=10`.
+    """
+
+    ignore_index: int = field(default=255, metadata={"help": "Label value of ignored pixels."})
+    validate_labels: bool = field(default=True, metadata={"help": "Check every batch's labels are in [0, num_labels) or ignore."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns for the lazy transforms."})
+    label_names: Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "Batch keys holding labels."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X steps (or ratio of total steps if < 1)."})
+
+
+class SegmentationTrainer(LADTrainerBase):
+    """Plain segmentation training and streaming-mIoU evaluation of a 3-channel model."""
+
+    def __init__(self, model=None, args: SegmentationConfig = None, **kwargs):
+        if not isinstance(args, SegmentationConfig):
+            raise LADError(f"{type(self).__name__} needs a SegmentationConfig, got {type(args).__name__}")
+        if is_label_assisted(model):
+            raise LADError("this model is label-assisted; train/evaluate it with LADTeacherTrainer (lad-hf teacher)")
+        super().__init__(model=model, args=args, **kwargs)
+        self.image_channels = image_channels(model.config)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        x, y = inputs["pixel_values"], inputs["labels"]
+        self.check_batch(model, x, y, self.image_channels)
+        logits = segmentation_logits(model, x)
+        loss = self.seg_loss(logits, y)
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def eval_forward(self, model, inputs):
+        x, y = inputs["pixel_values"], inputs["labels"]
+        self.check_batch(model, x, y, self.image_channels)
+        logits = segmentation_logits(model, x)
+        return self.seg_loss(logits, y), logits, {}
