@@ -1,23 +1,37 @@
 """lad_hf: Label Assisted Distillation for semantic segmentation on the Hugging Face stack.
 
 dataset → transforms → batch → trainer (noiser → teacher) → losses → metrics → export
+
+Names are imported lazily, so ``python -m lad_hf.scenes`` does not pay for transformers.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .errors import LADError
-from .noising import LabelNoiser
-from .losses import LOSSES, ChannelWiseDivergence, LogitMSE, PixelWiseKL, build_loss
-from .modeling import ModelArguments, add_label_channel, build_model, is_label_assisted
-from .metrics import StreamingMeanIoU
-from .stability import mean_pairwise_kl, teacher_stability
-from .segmentation_trainer import SegmentationConfig, SegmentationTrainer
-from .teacher_trainer import LADTeacherConfig, LADTeacherTrainer
-from .distillation_trainer import LADDistillationConfig, LADDistillationTrainer
+_EXPORTS = {
+    "LADError": "errors",
+    "LabelNoiser": "noising",
+    "LOSSES": "losses", "ChannelWiseDivergence": "losses", "PixelWiseKL": "losses", "LogitMSE": "losses",
+    "build_loss": "losses",
+    "ModelArguments": "modeling", "add_label_channel": "modeling", "build_model": "modeling",
+    "is_label_assisted": "modeling",
+    "StreamingMeanIoU": "metrics",
+    "mean_pairwise_kl": "stability", "teacher_stability": "stability",
+    "SegmentationConfig": "segmentation_trainer", "SegmentationTrainer": "segmentation_trainer",
+    "LADTeacherConfig": "teacher_trainer", "LADTeacherTrainer": "teacher_trainer",
+    "LADDistillationConfig": "distillation_trainer", "LADDistillationTrainer": "distillation_trainer",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "LADError", "LabelNoiser", "LOSSES", "ChannelWiseDivergence", "PixelWiseKL", "LogitMSE", "build_loss",
-    "ModelArguments", "add_label_channel", "build_model", "is_label_assisted", "StreamingMeanIoU",
-    "mean_pairwise_kl", "teacher_stability", "LADTeacherConfig", "LADTeacherTrainer",
-    "LADDistillationConfig", "LADDistillationTrainer", "SegmentationConfig", "SegmentationTrainer",
-]
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lad_hf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -162,8 +162,13 @@ def _find_idx_file(directory: Path, split: str, kind: str) -> Path | None:
 
 def _read_idx(path: Path, kind: str) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise LADError(f"cannot read {path} ({exc}); reinstall it with `apt-get install --reinstall dataset-fashion-mnist`") from exc
+    if len(raw) < 16:
+        raise LADError(f"{path} is truncated ({len(raw)} bytes)")
     magic = struct.unpack(">I", raw[:4])[0]
     if kind == "images":
         if magic != 2051:

@@ -26,9 +26,13 @@ def upsample(logits: torch.Tensor, size) -> torch.Tensor:
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """Pixel-wise cross-entropy (float32) of logits upsampled to the label size; ignore pixels excluded."""
+    """Pixel-wise cross-entropy (float32) of logits upsampled to the label size, mean over non-ignored pixels.
+
+    A batch with no valid pixel gives 0 rather than NaN.
+    """
     logits = upsample(logits.float(), labels.shape[-2:])
-    return F.cross_entropy(logits, labels.long(), ignore_index=ignore_index)
+    total = F.cross_entropy(logits, labels.long(), ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp_min(1)
 
 
 class _NoiserStateCallback(TrainerCallback):
