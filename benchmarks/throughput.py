@@ -20,7 +20,8 @@ Rows::
     compile_on   same with TrainingArguments(torch_compile=True)
 
 Columns: ``ms/step`` is the median on_step_begin -> on_step_end time (the forward/backward/optimizer step; the
-ratios and targets use it). ``wall ms/step`` is the median on_step_end -> next on_step_end interval, which adds
+ratios and targets use it); ``min ms`` is the fastest timed step, a hint of the time without other load on a shared
+machine. ``wall ms/step`` is the median on_step_end -> next on_step_end interval, which adds
 the wait for the next batch from the DataLoader and the Trainer's own bookkeeping; ``images/s`` comes from it.
 Peak memory is ``torch.cuda.max_memory_allocated`` (reset per row) on CUDA, and the process high-water mark
 ``ru_maxrss`` on CPU (monotonic across rows; the JSON also has the sampled peak RSS of each row).
@@ -127,6 +128,7 @@ class BenchConfig:
     miou_height: int = 512
     miou_width: int = 1024
     miou_reps: int = 3
+    threads: Optional[int] = None
     output: Optional[str] = None
     seed: int = 0
     command: str = ""
@@ -158,6 +160,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
     p.add_argument("--no_compile", action="store_true", help="skip the torch.compile rows on CUDA")
     p.add_argument("--compile_steps", type=int)
     p.add_argument("--miou_masks", type=int, default=50)
+    p.add_argument("--threads", type=int,
+                   help="torch intra-op threads (default on CPU: CPUs available minus DataLoader workers, >= 1)")
     p.add_argument("--output", help="markdown report (default benchmarks/results/throughput_<device>[_quick].md)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -167,7 +171,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
         p.error("--device cuda but torch.cuda.is_available() is False")
     cfg = BenchConfig(device=device, quick=a.quick)
     if a.quick:
-        cfg.height, cfg.width, cfg.batch_size, cfg.steps, cfg.warmup = 128, 128, 2, 8, 2
+        cfg.height, cfg.width, cfg.batch_size, cfg.steps, cfg.warmup = 128, 128, 2, 15, 3
         cfg.eval_images, cfg.unique_images, cfg.cwd_teacher = 4, 4, "b2"
         cfg.compile_size, cfg.compile_batch_size, cfg.compile_steps, cfg.compile_warmup = 96, 8, 6, 3
     cfg.num_workers = 4 if device == "cuda" else 1
@@ -177,7 +181,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
             setattr(cfg, name, getattr(a, name))
     cfg.bf16 = not a.no_bf16
     cfg.compile = (device == "cuda" and not a.no_compile) or a.compile
-    cfg.miou_masks, cfg.seed = a.miou_masks, a.seed
+    cfg.miou_masks, cfg.seed, cfg.threads = a.miou_masks, a.seed, a.threads
+    if a.quick:
+        cfg.miou_reps = 2
     if cfg.steps < 1 or cfg.warmup < 0 or cfg.batch_size < 1:
         p.error("--steps must be >= 1, --warmup >= 0, --batch_size >= 1")
     cfg.command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
@@ -187,11 +193,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _png(array: np.ndarray, mode: str) -> bytes:
+def _png(array: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 array (HxWx3 -> RGB, HxW -> L)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buf, format="PNG", compress_level=1)
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -208,7 +215,7 @@ def make_raw_split(n_rows: int, height: int, width: int, num_labels: int, unique
         coarse = rng.integers(0, num_labels, (-(-height // 16), -(-width // 16)), dtype=np.uint8)
         coarse[rng.random(coarse.shape) < 0.05] = 255
         lab = np.ascontiguousarray(np.repeat(np.repeat(coarse, 16, 0), 16, 1)[:height, :width])
-        pool.append(({"bytes": _png(img, "RGB"), "path": None}, {"bytes": _png(lab, "L"), "path": None}))
+        pool.append(({"bytes": _png(img), "path": None}, {"bytes": _png(lab), "path": None}))
     rows = [pool[i % len(pool)] for i in range(n_rows)]
     return Dataset.from_dict(
         {"image": [r[0] for r in rows], "label": [r[1] for r in rows]},
@@ -322,6 +329,7 @@ class Row:
     name: str
     batch_size: int
     ms_step: Optional[float] = None
+    ms_min: Optional[float] = None
     ms_wall: Optional[float] = None
     images_s: Optional[float] = None
     peak_mem_mib: Optional[float] = None
@@ -341,6 +349,7 @@ def _finish_row(row: Row, begin: Sequence[float], end: Sequence[float], warmup: 
     row.step_ms = [round(s, 3) for s in step]
     row.steps_timed = len(step)
     row.ms_step = statistics.median(step)
+    row.ms_min = min(step)
     row.ms_wall = max(statistics.median(wall), row.ms_step)
     row.images_s = row.batch_size * 1e3 / row.ms_wall
     return row
@@ -362,9 +371,18 @@ def _train_kwargs(cfg: BenchConfig, out_dir: str, batch_size: int, max_steps: in
     return kw
 
 
+def _quiet(trainer):
+    """``disable_tqdm=True`` makes the Trainer print every log dict (train/eval summaries): drop that printer."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def time_train(cfg: BenchConfig, row: Row, trainer, warmup: int) -> Row:
     timer = StepTimer(cfg.device)
     trainer.add_callback(timer)
+    _quiet(trainer)
     _reset_peak(cfg.device)
     with RSSSampler() as rss:
         trainer.train()
@@ -391,6 +409,7 @@ def bench_plain_and_eval(cfg, train_ds, eval_ds, collator, out_dir) -> Tuple[Row
     plain = time_train(cfg, Row("plain", f"plain student ({cfg.student.upper()})", cfg.batch_size), trainer, cfg.warmup)
 
     ev = Row("eval", f"evaluate ({cfg.student.upper()}, {len(eval_ds)} images)", cfg.batch_size)
+    _quiet(trainer)
     trainer.evaluate()  # warm-up: eval dataloader workers, first-batch allocations
     _reset_peak(cfg.device)
     with RSSSampler() as rss:
@@ -401,7 +420,7 @@ def bench_plain_and_eval(cfg, train_ds, eval_ds, collator, out_dir) -> Tuple[Row
         total = time.perf_counter() - t0
     n_img = len(eval_ds)
     n_batches = math.ceil(n_img / cfg.batch_size)
-    ev.ms_step = ev.ms_wall = total * 1e3 / n_batches
+    ev.ms_step = ev.ms_min = ev.ms_wall = total * 1e3 / n_batches
     ev.images_s = n_img / total
     ev.peak_mem_mib = _peak_mib(cfg.device)
     ev.row_peak_rss_mib = rss.peak / 2**20
@@ -609,20 +628,20 @@ def _fmt(x: Optional[float], nd: int = 1) -> str:
 
 def format_table(cfg: BenchConfig, rows: Dict[str, Row]) -> str:
     mem = "peak mem MiB (CUDA max allocated)" if cfg.cuda else "peak mem MiB (ru_maxrss)"
-    lines = [f"| row | ms/step | wall ms/step | images/s | {mem} | ratio vs plain | notes |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [f"| row | ms/step | min ms | wall ms/step | images/s | {mem} | ratio vs plain | notes |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     plain = rows.get("plain")
     for key in ROW_ORDER:
         r = rows.get(key)
         if r is None:
             continue
         if r.skipped:
-            lines.append(f"| {r.name} | — | — | — | — | — | skipped: {r.skipped} |")
+            lines.append(f"| {r.name} | — | — | — | — | — | — | skipped: {r.skipped} |")
             continue
         ratio = None
         if key in ("plain", "lad", "cwd", "teacher_1", "teacher_2", "raw") and plain and plain.ms_step:
             ratio = r.ms_step / plain.ms_step
-        lines.append(f"| {r.name} | {_fmt(r.ms_step)} | {_fmt(r.ms_wall)} | {_fmt(r.images_s)} | "
+        lines.append(f"| {r.name} | {_fmt(r.ms_step)} | {_fmt(r.ms_min)} | {_fmt(r.ms_wall)} | {_fmt(r.images_s)} | "
                      f"{_fmt(r.peak_mem_mib, 0)} | {_fmt(ratio, 2)} | {r.notes} |")
     return "\n".join(lines)
 
@@ -632,7 +651,7 @@ def format_targets(targets: List[Dict[str, Any]]) -> str:
     for t in targets:
         tgt = f"{t['op']} {t['limit']}" if t["limit"] is not None else "—"
         status = t["status"] + (f" ({t['note']})" if t["note"] else "")
-        lines.append(f"| {t['check']} | {_fmt(t['value'], 2)} | {tgt} | {status} |")
+        lines.append(f"| {t['check']} | {_fmt(t['value'], 3)} | {tgt} | {status} |")
     return "\n".join(lines)
 
 
@@ -709,7 +728,8 @@ def render_report(result: Dict[str, Any]) -> str:
         f"- setup: {setup}",
         f"- total run time: {result['total_s']:.1f} s",
         "",
-        "ms/step: median on_step_begin→on_step_end (synchronised); wall ms/step: median on_step_end→on_step_end "
+        "ms/step: median on_step_begin→on_step_end (synchronised); min ms: fastest timed step (less sensitive to "
+        "other load on a shared machine); wall ms/step: median on_step_end→on_step_end "
         "(adds the DataLoader wait); images/s from the wall time. Eval row: ms per eval batch.",
         "",
         result["table"],
@@ -725,8 +745,32 @@ def render_report(result: Dict[str, Any]) -> str:
     ])
 
 
+def default_threads(cfg: BenchConfig) -> Optional[int]:
+    """On CPU, leave one core per DataLoader worker: oversubscribed intra-op threads make CPU steps both slow
+    and erratic (seen here: 2 threads + 1 worker on 2 cores ran 2-10x slower than 1 thread)."""
+    if cfg.threads:
+        return cfg.threads
+    if cfg.cuda:
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus - int(cfg.num_workers))
+
+
 def run_benchmark(cfg: BenchConfig, write: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Run every row, print the table and targets, write the markdown report and a JSON beside it."""
+    """Run every row, print the table and targets, write the markdown report and a JSON beside it.
+
+    The torch thread count is set for the run (see :func:`default_threads`) and restored afterwards."""
+    before = torch.get_num_threads()
+    threads = default_threads(cfg)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(cfg, write, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(cfg: BenchConfig, write: bool, log: Callable[[str], None]) -> Dict[str, Any]:
     import datasets
     import transformers
 
@@ -750,12 +794,14 @@ def run_benchmark(cfg: BenchConfig, write: bool = True, log: Callable[[str], Non
             _free_memory()
             log(f"[{key}] done in {time.perf_counter() - t:.1f} s")
 
+        # rows compared in a target run back to back (plain/raw, plain/LAD/CWD, single/dual), so that drift in
+        # the machine's load (a shared CPU, GPU clocks) affects both sides of a ratio alike
         step("plain+eval", bench_plain_and_eval, cfg, train_ds, eval_ds, collator, tmp)
+        step("raw", bench_raw, cfg, train_ds, collator, tmp)
         step("lad", bench_distill, cfg, train_ds, collator, tmp, "lad", cfg.lad_teacher, True)
         step("cwd", bench_distill, cfg, train_ds, collator, tmp, "cwd", cfg.cwd_teacher, False)
         step("teacher_1", bench_teacher, cfg, train_ds, collator, tmp, False)
         step("teacher_2", bench_teacher, cfg, train_ds, collator, tmp, True)
-        step("raw", bench_raw, cfg, train_ds, collator, tmp)
         if cfg.compile:
             step("compile", bench_compile, cfg, tmp)
         else:

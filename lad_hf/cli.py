@@ -84,6 +84,8 @@ def _setup_logging(training_args) -> None:
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(level)
     datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+    if getattr(training_args, "disable_tqdm", False):  # also the weight-loading/saving bars of from/save_pretrained
+        transformers.utils.logging.disable_progress_bar()
 
 
 def _default_image_processor(model_args, data_args):
@@ -112,13 +114,46 @@ def _load_data(data_args, training_args, need_train=True):
     return ds, id2label
 
 
+def _seed(training_args) -> None:
+    """Seed before the model is built, so --seed fixes the initial weights too (the Trainer seeds only later)."""
+    from transformers import enable_full_determinism, set_seed
+
+    enable_full_determinism(training_args.seed) if training_args.full_determinism else set_seed(training_args.seed)
+
+
+def _check_data(raw, id2label, data_args, training_args):
+    """--skip_bad_samples drops unreadable rows (counted in data_args.skipped_bad_samples); then a sample is validated."""
+    from .data import drop_bad_samples, validate_dataset_sample
+
+    if data_args.skip_bad_samples:
+        skipped = getattr(data_args, "skipped_bad_samples", {})
+        for split in list(raw):
+            raw[split], dropped = drop_bad_samples(raw[split], data_args, split=split)
+            if dropped:
+                skipped[split] = dropped
+        data_args.skipped_bad_samples = skipped
+    for split, d in raw.items():
+        validate_dataset_sample(d, len(id2label), training_args.ignore_index, n=16, data_args=data_args, split=split)
+    return raw
+
+
+def _report_skipped(data_args) -> Dict[str, int]:
+    """The count of rows --skip_bad_samples dropped, logged again at the end of the run."""
+    skipped = getattr(data_args, "skipped_bad_samples", None) or {}
+    counts = {split: len(rows) for split, rows in skipped.items()}
+    for split, rows in skipped.items():
+        shown = ", ".join(str(r) for r in rows[:10]) + (" ..." if len(rows) > 10 else "")
+        logger.warning("--skip_bad_samples: skipped %d bad sample(s) in %s (rows %s)", len(rows), split, shown)
+    return counts
+
+
 def _prepare(model_args, data_args, training_args, need_train=True):
-    from .data import apply_transforms, build_collator, validate_dataset_sample
+    from .data import apply_transforms, build_collator
     from .modeling import build_model
 
     raw, id2label = _load_data(data_args, training_args, need_train)
-    for split, d in raw.items():
-        validate_dataset_sample(d, len(id2label), training_args.ignore_index, n=16, data_args=data_args, split=split)
+    raw = _check_data(raw, id2label, data_args, training_args)
+    _seed(training_args)
     model = build_model(model_args, id2label)
     proc = _default_image_processor(model_args, data_args)
     ds = apply_transforms(raw, data_args, proc)
@@ -150,9 +185,12 @@ def _train_and_save(trainer, model_args, data_args, training_args, extra_info=No
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+    skipped = _report_skipped(data_args) if trainer.is_world_process_zero() else {}
     if trainer.is_world_process_zero():
         info = _info(model_args, data_args, training_args, extra_info)
         info["eval_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if skipped:
+            info["skipped_bad_samples"] = skipped
         write_training_info(training_args.output_dir, info)
     return metrics
 
@@ -163,6 +201,7 @@ def _train_and_save(trainer, model_args, data_args, training_args, extra_info=No
 def cmd_train(argv):
     """Plain supervised segmentation (baselines; bigger plain teachers for conventional KD)."""
     from .data import DataArguments
+    from .dinov2 import prepare_patch_student
     from .lora import LoraArguments, maybe_apply_lora
     from .modeling import ModelArguments
     from .segmentation_trainer import SegmentationConfig, SegmentationTrainer
@@ -171,6 +210,7 @@ def cmd_train(argv):
     _setup_logging(args)
     model, proc, ds, collator, _ = _prepare(model_args, data_args, args)
     model = maybe_apply_lora(model, lora_args, args)
+    collator, proc = prepare_patch_student(model, collator, proc, data_args, args)  # DINOv2: pad to 14, checkpointing
     trainer = SegmentationTrainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds.get("validation"),
                                   data_collator=collator, processing_class=proc)
     return _train_and_save(trainer, model_args, data_args, args, {"lora": lora_args.use_lora})
@@ -195,6 +235,7 @@ def cmd_teacher(argv):
 def cmd_distill(argv):
     """Distil a student from a (label-assisted or plain) teacher."""
     from .data import DataArguments
+    from .dinov2 import prepare_patch_student
     from .distillation_trainer import LADDistillationConfig, LADDistillationTrainer, load_teacher
     from .lora import LoraArguments, maybe_apply_lora
     from .modeling import ModelArguments, is_label_assisted
@@ -206,6 +247,7 @@ def cmd_distill(argv):
     teacher = load_teacher(args.teacher_model_name_or_path, args.trust_remote_code)
     model, proc, ds, collator, _ = _prepare(model_args, data_args, args)
     model = maybe_apply_lora(model, lora_args, args)
+    collator, proc = prepare_patch_student(model, collator, proc, data_args, args)  # DINOv2: pad to 14, checkpointing
     trainer = LADDistillationTrainer(model=model, teacher_model=teacher, args=args, train_dataset=ds["train"],
                                      eval_dataset=ds.get("validation"), data_collator=collator, processing_class=proc)
     extra = {"teacher_label_assisted": is_label_assisted(teacher), "lora": lora_args.use_lora}
@@ -236,15 +278,24 @@ def cmd_evaluate(argv):
         raise LADError(f"no evaluation split {data_args.eval_split!r} in {data_args.dataset_name!r}")
     if len(id2label) != model.config.num_labels:
         raise LADError(f"the model has {model.config.num_labels} labels but the dataset {len(id2label)}; evaluate on its own label set")
-    proc = _default_image_processor(model_args, data_args)
+    names = {int(k): v for k, v in (model.config.id2label or {}).items()}
+    if any(not str(v).startswith("LABEL_") for v in names.values()) and names != {int(k): v for k, v in id2label.items()}:
+        diff = [k for k in sorted(id2label) if names.get(k) != id2label[k]][:5]
+        raise LADError(
+            f"the model's id2label differs from the dataset's at ids {diff} (e.g. {diff[0]}: model "
+            f"{names.get(diff[0])!r}, data {id2label[diff[0]]!r}); pass the --id2label the model was trained with"
+        )
     from datasets import DatasetDict
 
-    ds = apply_transforms(DatasetDict(validation=raw["validation"]), data_args, proc)
+    raw = _check_data(DatasetDict(validation=raw["validation"]), id2label, data_args, args)
+    proc = _default_image_processor(model_args, data_args)
+    ds = apply_transforms(raw, data_args, proc)
     cls = LADTeacherTrainer if is_label_assisted(model) else SegmentationTrainer
     trainer = cls(model=model, args=args, eval_dataset=ds["validation"], data_collator=build_collator(data_args))
     metrics = trainer.evaluate(metric_key_prefix=args.metric_key_prefix if hasattr(args, "metric_key_prefix") else "eval")
     trainer.log_metrics("eval", metrics)
     if trainer.is_world_process_zero():
+        _report_skipped(data_args)
         trainer.save_metrics("eval", metrics, combined=False)
         print(json.dumps({k: v for k, v in metrics.items()}, default=float))
     return metrics

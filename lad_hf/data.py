@@ -63,6 +63,7 @@ __all__ = [
     "reduce_id2label",
     "resolve_columns",
     "validate_dataset_sample",
+    "drop_bad_samples",
 ]
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -168,8 +169,10 @@ class DataArguments:
             Normalisation; `None` takes them from the model's image processor, else ImageNet's.
         pad_to_multiple_of (`int` or `None`, defaults to `None`): The collator pads H and W to a multiple of it.
         skip_bad_samples (`bool`, defaults to `False`):
-            Replace unreadable rows and rows whose mask does not fit the image by an all-ignore sample (with a
-            warning) instead of stopping; drop image-folder rows whose files are missing.
+            Instead of stopping: the CLI decodes every row once and drops unreadable rows and rows whose mask
+            does not fit the image (:func:`drop_bad_samples`; the count is logged again at the end of the run
+            and stored in ``lad_training_info.json``); image-folder rows whose files are missing are dropped; a
+            row that still fails inside the lazy transforms becomes an all-ignore sample (with a warning).
 
     Note: Hub options shared with the model (``cache_dir``, ``token``, ``trust_remote_code``) live in
     ``ModelArguments`` and are passed to :func:`load_segmentation_dataset` as keyword arguments (a second
@@ -245,7 +248,7 @@ class DataArguments:
     )
     skip_bad_samples: bool = field(
         default=False,
-        metadata={"help": "Replace unreadable/mismatched rows by all-ignore samples instead of failing."},
+        metadata={"help": "Drop unreadable rows and rows whose mask does not fit the image (counted at the end) instead of failing."},
     )
 
     def __post_init__(self):
@@ -433,6 +436,7 @@ def load_image(value: Any) -> PILImage.Image:
         if arr.ndim not in (2, 3):
             raise LADError(f"image array must be HxW, HxWxC or CxHxW, got shape {tuple(img.shape)}")
         img = PILImage.fromarray(arr[..., :3] if arr.ndim == 3 else arr)
+    img.load()  # decode now (PIL is lazy): a truncated file fails here, where the caller names the row
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img
@@ -671,6 +675,9 @@ def _load_parquet(root: str, files: Sequence[str], known: Iterable[str], cache_d
     try:
         return datasets.load_dataset("parquet", data_files=data_files, cache_dir=cache_dir)
     except Exception as e:  # noqa: BLE001 - one readable line for the user
+        empty = re.search(r'Instruction "([^"]+)" corresponds to no data', str(e))
+        if empty:  # datasets' words for a split whose parquet files hold no rows
+            raise LADError(f"{empty.group(1)} is empty: its parquet files in {root} hold no rows") from None
         raise LADError(f"cannot read the parquet files in {root}: {str(e).splitlines()[0]}") from None
 
 
@@ -1382,21 +1389,26 @@ def validate_dataset_sample(
     raw = dataset.with_format(None) if getattr(dataset, "format", {}).get("type") is not None else dataset
     image_col, label_col = resolve_columns(raw, image_column, label_column)
     k = min(int(n), len(raw))
-    rows = raw.select(range(k))
+    rows = _undecoded(raw.select(range(k)), [image_col, label_col])  # we decode: a bad file names its row
     seen: set = set()
     for i in range(k):
         row = rows[i]
         rid = row.get(ROW_INDEX_COLUMN, i)
         try:
-            h, w = _size_of(row[image_col])
+            image = load_image(row[image_col])  # a full decode: truncated files fail here, not mid-training
+            h, w = image.size[1], image.size[0]
             label = decode_mask(row[label_col], colors, bool(do_reduce_labels), ignore_index)
         except LADError as e:
             raise LADError(f"{split} row {rid}: {e}") from None
         except (OSError, ValueError, SyntaxError) as e:
-            raise LADError(f"{split} row {rid}: cannot decode the image or mask ({str(e).splitlines()[0]})") from None
+            raise LADError(
+                f"{split} row {rid}: cannot decode the image or mask ({str(e).splitlines()[0]}); fix or remove the "
+                "file, or pass --skip_bad_samples to drop such rows"
+            ) from None
         if label.shape != (h, w):
             raise LADError(
-                f"{split} row {rid}: image is {h}x{w} (HxW) but its mask is {label.shape[0]}x{label.shape[1]}"
+                f"{split} row {rid}: image is {h}x{w} (HxW) but its mask is {label.shape[0]}x{label.shape[1]}; "
+                "fix the data or pass --skip_bad_samples"
             )
         values = np.unique(label)
         bad = values[((values >= num_labels) | (values < 0)) & (values != ignore_index)]
@@ -1414,3 +1426,47 @@ def validate_dataset_sample(
             "segmentation needs >= 2 classes; check --label_column, --label_colors and --do_reduce_labels"
         )
     return {"rows_checked": k, "classes_seen": sorted(seen)}
+
+
+def drop_bad_samples(
+    dataset,
+    data_args: Optional[DataArguments] = None,
+    *,
+    image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    split: str = "dataset",
+):
+    """``--skip_bad_samples``: decode every row once and drop the unreadable ones -> ``(dataset, dropped row ids)``.
+
+    A row is dropped when its image or mask cannot be decoded (corrupt or truncated file, RGB mask with unknown
+    colours) or when the mask's size differs from the image's. Each dropped row is logged; the caller reports the
+    count at the end of the run. Costs one full decode of the split.
+    """
+    if len(dataset) == 0:
+        return dataset, []
+    image_column = image_column or (data_args.image_column if data_args else None)
+    label_column = label_column or (data_args.label_column if data_args else None)
+    colors = parse_label_colors(data_args.label_colors) if data_args is not None else None
+    reduce = bool(data_args.do_reduce_labels) if data_args is not None else False
+    ignore_index = data_args.ignore_index if data_args is not None else 255
+    raw = dataset.with_format(None) if getattr(dataset, "format", {}).get("type") is not None else dataset
+    image_col, label_col = resolve_columns(raw, image_column, label_column)
+    cols = [image_col, label_col] + ([ROW_INDEX_COLUMN] if ROW_INDEX_COLUMN in raw.column_names else [])
+    cells = _undecoded(raw.select_columns(cols), [image_col, label_col])
+    keep: List[int] = []
+    dropped: List[int] = []
+    for i, row in enumerate(cells):
+        rid = int(row.get(ROW_INDEX_COLUMN, i))
+        try:
+            image = load_image(row[image_col])
+            label = decode_mask(row[label_col], colors, reduce, ignore_index)
+            if label.shape != (image.size[1], image.size[0]):
+                raise LADError(f"image is {image.size[1]}x{image.size[0]} (HxW) but its mask is {label.shape[0]}x{label.shape[1]}")
+        except (LADError, OSError, ValueError, SyntaxError) as e:
+            logger.warning("%s row %d dropped (--skip_bad_samples): %s", split, rid, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            dropped.append(rid)
+            continue
+        keep.append(i)
+    if dropped:
+        dataset = dataset.select(keep, keep_in_memory=True)
+    return dataset, dropped

@@ -51,8 +51,28 @@ def resolve_target_modules(model: nn.Module, spec: str = "auto") -> List[str]:
 
 
 def head_modules(model: nn.Module) -> List[str]:
-    """Top-level children outside the backbone (decode/auxiliary heads, necks): trained fully and saved."""
-    return [n for n, _ in model.named_children() if n not in BACKBONE_ROOTS]
+    """Top-level children outside the backbone (decode/auxiliary heads, necks) plus backbone modules that were newly
+    initialised when the pretrained weights were loaded (``model.lad_new_modules``): trained fully and saved."""
+    heads = [n for n, m in model.named_children() if n not in BACKBONE_ROOTS and any(True for _ in m.parameters())]
+    return heads + [n for n in getattr(model, "lad_new_modules", None) or [] if n not in heads]
+
+
+def _unambiguous(model: nn.Module, names: List[str]) -> List[str]:
+    """PEFT matches ``modules_to_save`` by string suffix: ``head`` also hits DPT's ``head.head`` (nested wrappers that
+    then fail to load). An ambiguous name is replaced by its children's full paths until every name is unique."""
+    keys = [k for k, _ in model.named_modules() if k]
+    out: List[str] = []
+    todo = list(names)
+    while todo:
+        name = todo.pop(0)
+        clash = [k for k in keys if k != name and k.endswith(name)]
+        module = model.get_submodule(name)
+        children = [f"{name}.{c}" for c, m in module.named_children() if any(True for _ in m.parameters())]
+        if clash and children and not any(True for _ in module.parameters(recurse=False)):
+            todo = children + todo
+        else:
+            out.append(name)
+    return out
 
 
 def apply_lora(model, lora_args: LoraArguments):
@@ -64,7 +84,7 @@ def apply_lora(model, lora_args: LoraArguments):
     cfg = LoraConfig(
         r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
         target_modules=rf"^{root}\..*\.({'|'.join(targets)})$" if root else targets,
-        modules_to_save=head_modules(model), bias="none",
+        modules_to_save=_unambiguous(model, head_modules(model)), bias="none",
     )
     return get_peft_model(model, cfg)
 
@@ -75,12 +95,32 @@ def trainable_summary(model) -> str:
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / max(total, 1):.4f}"
 
 
+def _load_base_weights(model, base_dir: str) -> None:
+    """On resume, the frozen base must be the one the adapter was trained on (a config-built backbone is random).
+
+    Loaded through ``from_pretrained``: transformers 5 may save legacy key names (``attention.attention.query``)
+    that differ from the module names (``attention.q_proj``).
+    """
+    try:
+        saved = type(model).from_pretrained(base_dir)
+        model.load_state_dict(saved.state_dict(), strict=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise LADError(f"cannot resume on the saved LoRA base model {base_dir!r}: {str(e).splitlines()[0]}") from None
+
+
 def maybe_apply_lora(model, lora_args: LoraArguments, training_args):
-    """Apply LoRA when ``--use_lora``; the base weights are saved once so the adapter can be merged on export."""
+    """Apply LoRA when ``--use_lora``; the base weights are saved so the adapter can be merged on export.
+
+    When resuming (``--resume_from_checkpoint``) the base weights saved by the first run are loaded back.
+    """
     if not lora_args.use_lora:
         return model
+    resolve_target_modules(model, lora_args.lora_target_modules)  # fail before writing anything
     base_dir = os.path.join(training_args.output_dir, BASE_MODEL_DIR)
-    if training_args.process_index == 0 and not os.path.isdir(base_dir):
+    resuming = bool(getattr(training_args, "resume_from_checkpoint", None))
+    if resuming and os.path.isdir(base_dir):
+        _load_base_weights(model, base_dir)
+    elif training_args.process_index == 0:
         model.save_pretrained(base_dir, safe_serialization=True)
     peft_model = apply_lora(model, lora_args)
     peft_model.peft_config["default"].base_model_name_or_path = os.path.abspath(base_dir)

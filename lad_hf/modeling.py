@@ -212,6 +212,11 @@ class ModelArguments:
         default=True, metadata={"help": "Re-initialise the head when the checkpoint's label count differs (usual for a new dataset)."}
     )
     attn_implementation: Optional[str] = field(default=None, metadata={"help": "Attention implementation, e.g. sdpa or eager."})
+    dinov2_head: str = field(
+        default="upernet",
+        metadata={"help": "Head put on a backbone-only model (DINOv2): upernet (UperNetForSemanticSegmentation) or dpt "
+                          "(DPTForSemanticSegmentation, square inputs).", "choices": ["upernet", "dpt"]},
+    )
 
 
 def _hub_call(fn, what: str, *args, **kwargs):
@@ -251,7 +256,18 @@ def build_model(model_args: ModelArguments, id2label: Optional[Dict[int, str]] =
     if id2label is not None:
         id2label = {int(k): v for k, v in id2label.items()}
         label_kwargs = dict(num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    head_overrides = {}
+    if model_args.config_overrides and "head." in model_args.config_overrides:
+        from .dinov2 import split_head_overrides
+
+        model_args, head_overrides = split_head_overrides(model_args)
     config = load_config(model_args, **label_kwargs)
+    from .dinov2 import BACKBONE_ONLY_TYPES, build_backbone_segmenter
+
+    if config.model_type in BACKBONE_ONLY_TYPES:  # DINOv2: a stock UperNet/DPT segmenter around it (lad_hf/dinov2.py)
+        return build_backbone_segmenter(model_args, config, head_overrides)
+    if head_overrides:
+        raise LADError(f"--config_overrides head.* keys apply to backbone-only models (DINOv2), not {config.model_type!r}")
     extra = {}
     if model_args.attn_implementation:
         extra["attn_implementation"] = model_args.attn_implementation

@@ -34,6 +34,19 @@ class SegmentationConfig(TrainingArguments):
     label_names: Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "Batch keys holding labels."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X steps (or ratio of total steps if < 1)."})
 
+    def __getstate__(self):
+        # Pickles of the arguments (transformers' training_args.bin, which push_to_hub uploads) never hold Hub tokens.
+        return {k: (None if k.endswith("_token") and isinstance(v, str) else v) for k, v in self.__dict__.items()}
+
+    def __deepcopy__(self, memo):
+        # deepcopy keeps the token (only pickles drop it)
+        import copy
+
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
+
 
 class SegmentationTrainer(LADTrainerBase):
     """Plain segmentation training and streaming-mIoU evaluation of a 3-channel model."""
