@@ -157,7 +157,7 @@ def _prepare(model_args, data_args, training_args, need_train=True):
     model = build_model(model_args, id2label)
     proc = _default_image_processor(model_args, data_args)
     ds = apply_transforms(raw, data_args, proc)
-    return model, proc, ds, build_collator(data_args), id2label
+    return model, proc, ds, build_collator(data_args, len(id2label)), id2label
 
 
 def _info(model_args, data_args, training_args, extra=None) -> Dict:
@@ -227,6 +227,9 @@ def cmd_teacher(argv):
     model, proc, ds, collator, _ = _prepare(model_args, data_args, args)
     if not is_label_assisted(model):
         add_label_channel(model, init=args.label_channel_init)
+    from .dinov2 import fit_collator
+
+    collator = fit_collator(model, collator, args.ignore_index)  # patch-14 teachers: pad to a multiple of 14
     trainer = LADTeacherTrainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds.get("validation"),
                                 data_collator=collator, processing_class=proc)
     return _train_and_save(trainer, model_args, data_args, args, {"label_assisted": True})
@@ -291,8 +294,11 @@ def cmd_evaluate(argv):
     proc = _default_image_processor(model_args, data_args)
     ds = apply_transforms(raw, data_args, proc)
     cls = LADTeacherTrainer if is_label_assisted(model) else SegmentationTrainer
-    trainer = cls(model=model, args=args, eval_dataset=ds["validation"], data_collator=build_collator(data_args))
-    metrics = trainer.evaluate(metric_key_prefix=args.metric_key_prefix if hasattr(args, "metric_key_prefix") else "eval")
+    from .dinov2 import fit_collator
+
+    collator = fit_collator(model, build_collator(data_args, len(id2label)), args.ignore_index)
+    trainer = cls(model=model, args=args, eval_dataset=ds["validation"], data_collator=collator)
+    metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         _report_skipped(data_args)

@@ -1311,7 +1311,8 @@ class SegmentationCollator:
     (e.g. 14 for DINOv2, 32 for most CNNs).
     """
 
-    def __init__(self, ignore_index: int = 255, pad_to_multiple_of: Optional[int] = None):
+    def __init__(self, ignore_index: int = 255, pad_to_multiple_of: Optional[int] = None, num_labels: Optional[int] = None):
+        self.num_labels = num_labels
         if pad_to_multiple_of is not None and int(pad_to_multiple_of) < 1:
             raise LADError(f"pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of}")
         self.ignore_index = int(ignore_index)
@@ -1337,12 +1338,18 @@ class SegmentationCollator:
             out = torch.full((len(labels), H, W), self.ignore_index, dtype=torch.int64)
             for i, y in enumerate(labels):
                 out[i, : y.shape[-2], : y.shape[-1]] = y
+            if self.num_labels is not None:
+                from .noising import check_labels
+
+                check_labels(out, self.num_labels, self.ignore_index)
             batch["labels"] = out
         return batch
 
 
-def build_collator(data_args: DataArguments) -> SegmentationCollator:
-    return SegmentationCollator(ignore_index=data_args.ignore_index, pad_to_multiple_of=data_args.pad_to_multiple_of)
+def build_collator(data_args: DataArguments, num_labels: Optional[int] = None) -> SegmentationCollator:
+    """The collator for ``data_args``; with ``num_labels`` it also checks every batch's label values (in the workers)."""
+    return SegmentationCollator(ignore_index=data_args.ignore_index, pad_to_multiple_of=data_args.pad_to_multiple_of,
+                                num_labels=num_labels)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

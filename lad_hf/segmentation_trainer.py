@@ -70,4 +70,4 @@ class SegmentationTrainer(LADTrainerBase):
         x, y = inputs["pixel_values"], inputs["labels"]
         self.check_batch(model, x, y, self.image_channels)
         logits = segmentation_logits(model, x)
-        return self.seg_loss(logits, y), logits, {}
+        return None, logits, {}

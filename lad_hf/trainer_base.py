@@ -22,6 +22,7 @@ from .noising import LabelNoiser, check_labels
 logger = logging.getLogger(__name__)
 
 NOISER_STATE = "noiser_rng_state_{rank}.safetensors"
+VALIDATE_FIRST_STEPS = 10
 # ``--resume_from_checkpoint`` values meaning "the newest complete checkpoint in --output_dir"
 RESUME_LAST = ("true", "last", "latest", "yes", "1")
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -272,8 +273,14 @@ class LADTrainerBase(Trainer):
                 f"image batch {tuple(pixel_values.shape)} and label batch {tuple(labels.shape)} differ in size; "
                 "every mask must have its image's height and width"
             )
-        if self.args.validate_labels:
+        # on an accelerator the check costs a host sync: run it for the first steps only (the dataset sample was
+        # validated before training and the collator checks every batch in the DataLoader workers)
+        if self.args.validate_labels and (labels.device.type == "cpu" or self.state.global_step < VALIDATE_FIRST_STEPS):
             check_labels(labels, self.num_labels, self.args.ignore_index)
+
+    def floating_point_ops(self, inputs) -> int:
+        """Skip transformers' per-step FLOP count (a walk over every module; only used for ``total_flos``)."""
+        return 0
 
     def seg_loss(self, logits, labels):
         return segmentation_loss(logits, labels, self.args.ignore_index)
@@ -305,9 +312,18 @@ class LADTrainerBase(Trainer):
         inputs = self._prepare_inputs(inputs)
         labels = inputs["labels"]
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss, logits, extra = self.eval_forward(model, inputs)
-        logits = upsample(logits.float(), labels.shape[-2:])
-        cm = confusion_matrix_per_sample(logits.argmax(1), labels, self.num_labels, self.args.ignore_index)
+            _, logits, extra = self.eval_forward(model, inputs)
+        # one sample at a time: full-resolution float32 logits of the whole batch are never held at once
+        ignore = self.args.ignore_index
+        preds = torch.empty_like(labels)
+        total = logits.new_zeros((), dtype=torch.float32)
+        with torch.no_grad():
+            for i in range(logits.shape[0]):
+                up = upsample(logits[i : i + 1].float(), labels.shape[-2:])
+                total += F.cross_entropy(up, labels[i : i + 1].long(), ignore_index=ignore, reduction="sum")
+                preds[i] = up[0].argmax(0)
+        loss = total / (labels != ignore).sum().clamp_min(1)
+        cm = confusion_matrix_per_sample(preds, labels, self.num_labels, ignore)
         # gather per-sample matrices: duplicates padded in by distributed sampling are dropped, then summed
         cm = self.accelerator.gather_for_metrics(cm)
         self.metric.add_confusion(cm.sum(0))

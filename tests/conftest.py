@@ -7,10 +7,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# tiny models: one intra-op thread is fastest and avoids oversubscribing 2 cores (also for subprocesses)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
 import torch
+
+torch.set_num_threads(1)
 
 NUM_LABELS = 4
 ID2LABEL = {0: "background", 1: "square", 2: "disc", 3: "bar"}
