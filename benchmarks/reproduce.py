@@ -66,8 +66,8 @@ SIZES = {
                   sigmas=(0.0, 1e-2, 1.0), budget=660),
     # one H100, bf16, <= 8 minutes (not yet run on a GPU by its author; conservative)
     "full": dict(canvas=96, num_train=8000, num_validation=500, num_test=1000, student="b0", teacher="b0-wide",
-                 strong="b1", big_student="b0-wide", steps=400, batch_size=32, lr=6e-4, seeds=3, grid_seeds=3,
-                 sigmas=(0.0, 1e-3, 1e-2, 1e-1, 1.0), budget=420),
+                 strong="b1", big_student="b0-wide", steps=600, batch_size=32, lr=6e-4, seeds=3, grid_seeds=3,
+                 sigmas=(0.0, 1e-3, 1e-2, 1e-1, 1.0), budget=380),
 }
 QUICK_NOTE = (
     "Quick mode (CPU) reductions: 64 px canvases, 1500 train scenes, {steps} steps of batch {batch_size} per model "
@@ -322,7 +322,13 @@ def main(argv=None) -> int:
     p.add_argument("--cache_dir", default=str(ROOT / "outputs" / "cache"))
     p.add_argument("--results_dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: auto from load)")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds to run in this process (e.g. 0); results go to reproduce_<mode>_seeds<...>. "
+                        "Run one process per seed side by side on one GPU (small models are launch-bound), then --merge")
+    p.add_argument("--merge", nargs="+", default=None, help="merge per-seed JSON results into reproduce_<mode>.{md,json}")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.results_dir), argv)
     mode = "full" if (args.full or (not args.quick and torch.cuda.is_available())) else "quick"
     sz = dict(SIZES[mode])
     if args.steps:
@@ -343,6 +349,10 @@ def main(argv=None) -> int:
     base = E.RunSpec(model=sz["student"], steps=sz["steps"], batch_size=sz["batch_size"], lr=sz["lr"])
     lab = Lab(data, base, sz, log)
     rows = build_rows(lab, sz)
+    if args.seeds is not None:
+        only = [int(x) for x in args.seeds.split(",")]
+        for r in rows:
+            r["seeds"] = [x for x in r["seeds"] if x in only] or []
     header = {
         "mode": mode, "command": " ".join(shlex.quote(a) for a in [sys.executable.rsplit('/', 1)[-1], "benchmarks/reproduce.py"] + list(sys.argv[1:] if argv is None else argv)),
         "machine": E.machine_info(), "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -355,10 +365,13 @@ def main(argv=None) -> int:
     note = QUICK_NOTE.format(**sz) if mode == "quick" else (
         "Full mode: GPU-sized grid (3 seeds everywhere, all five σ). Written by its author without GPU access; "
         "rows past the time budget are listed as skipped.")
-    stem = Path(args.results_dir) / f"reproduce_{mode}"
+    stem = Path(args.results_dir) / (f"reproduce_{mode}" + (f"_seeds{args.seeds.replace(',', '-')}" if args.seeds else ""))
     for r in rows:
         if time.perf_counter() - start > budget:
             r["status"] = f"skipped (time budget {budget:.0f}s spent)"
+            continue
+        if not r["seeds"]:
+            r["status"] = "not run (no seed in this shard)"
             continue
         log(f"{r['table']}: {r['name']}")
         r["runs"] = []
@@ -372,6 +385,35 @@ def main(argv=None) -> int:
         write_results(stem, header, summarise(rows), note)
     header["elapsed_s"] = time.perf_counter() - start
     header["finished"] = True
+    write_results(stem, header, summarise(rows), note)
+    print(Path(str(stem) + ".md").read_text())
+    return 0
+
+
+def merge(paths: List[str], results_dir: Path, argv) -> int:
+    """Combine per-seed shards (same rows, different seeds) into one table of mean ± std."""
+    shards = [json.loads(Path(p).read_text()) for p in paths]
+    base = shards[0]
+    rows = []
+    for r in base["rows"]:
+        runs = []
+        for sh in shards:
+            match = next((x for x in sh["rows"] if x["table"] == r["table"] and x["name"] == r["name"]), None)
+            if match and match["status"] == "done":
+                runs += match["runs"]
+        paper = {k: m["paper"] for k, m in r["metrics"].items()}
+        rows.append(dict(table=r["table"], name=r["name"], paper=paper, seeds=sorted({x["seed"] for x in runs}),
+                         runs=runs, status="done" if runs else "skipped (time budget spent in every shard)"))
+    header = dict(base)
+    header.pop("rows", None)
+    note = header.pop("note", "")
+    header["command"] = " ; ".join(sh["command"] for sh in shards) + " ; python benchmarks/reproduce.py --merge " + " ".join(
+        Path(p).name for p in paths)
+    header["elapsed_s"] = max(sh.get("elapsed_s", 0) for sh in shards)
+    header["finished"] = all(sh.get("finished") for sh in shards)
+    note += (f" Seeds ran as {len(shards)} processes side by side on one device (one seed each); wall time is the "
+             "slowest shard's.")
+    stem = results_dir / f"reproduce_{header['mode']}"
     write_results(stem, header, summarise(rows), note)
     print(Path(str(stem) + ".md").read_text())
     return 0
