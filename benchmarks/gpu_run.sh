@@ -25,7 +25,7 @@ case "${1:-reproduce}" in
     grep -E "^\| Tab. 1|^\| Fig|^\| shortcut|^\| Tab. 8" "$OUT/reproduce_full.md" | head -30
     ;;
   throughput)
-    timeout "${TLIMIT:-230}" python3 benchmarks/throughput.py --device cuda --steps 12 --warmup 4 --output "$OUT/throughput_h100.md" > "$OUT/throughput.log" 2>&1
+    timeout "${TLIMIT:-230}" python3 benchmarks/throughput.py --device cuda --steps ${STEPS:-12} --warmup ${WARMUP:-4} ${TFLAGS:-} --output "$OUT/throughput_h100.md" > "$OUT/throughput.log" 2>&1
     echo "rc=$?"; tail -30 "$OUT/throughput_h100.md" 2>/dev/null || tail -30 "$OUT/throughput.log"
     ;;
 esac

@@ -217,10 +217,14 @@ def make_raw_split(n_rows: int, height: int, width: int, num_labels: int, unique
         lab = np.ascontiguousarray(np.repeat(np.repeat(coarse, 16, 0), 16, 1)[:height, :width])
         pool.append(({"bytes": _png(img), "path": None}, {"bytes": _png(lab), "path": None}))
     rows = [pool[i % len(pool)] for i in range(n_rows)]
-    return Dataset.from_dict(
-        {"image": [r[0] for r in rows], "label": [r[1] for r in rows]},
-        features=Features({"image": Image(), "label": Image()}),
-    )
+    import pyarrow as pa
+    from datasets import DatasetInfo
+
+    features = Features({"image": Image(), "label": Image()})
+    table = pa.Table.from_pydict({"image": [r[0] for r in rows], "label": [r[1] for r in rows]},
+                                 schema=features.arrow_schema)
+    # explicit fingerprint: hashing the features with dill fails on some pyarrow/dill pairs (the GPU image)
+    return Dataset(table, info=DatasetInfo(features=features), fingerprint=f"throughput-{seed}-{n_rows}-{height}x{width}")
 
 
 def make_data(cfg: BenchConfig, height: int, width: int, batch_size: int, n_train_batches: int, n_eval: int):

@@ -25,7 +25,8 @@ class SegmentationConfig(TrainingArguments):
         validate_labels (`bool`, defaults to `True`): check each batch's labels lie in [0, num_labels) or are ignored.
 
     Defaults that differ from `TrainingArguments`: `remove_unused_columns=False` (the transforms build
-    `pixel_values`/`labels` lazily from the raw columns), `label_names=["labels"]`, `logging_steps=10`.
+    `pixel_values`/`labels` lazily from the raw columns), `label_names=["labels"]`, `logging_steps=10`, `logging_nan_inf_filter=False` (the trainers stop on a
+    non-finite loss instead, checked without a per-step host sync on accelerators).
     """
 
     ignore_index: int = field(default=255, metadata={"help": "Label value of ignored pixels."})
@@ -33,6 +34,9 @@ class SegmentationConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns for the lazy transforms."})
     label_names: Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "Batch keys holding labels."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X steps (or ratio of total steps if < 1)."})
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Off: lad_hf stops on a non-finite loss instead (and avoids a host sync per step)."}
+    )
 
     def __getstate__(self):
         # Pickles of the arguments (transformers' training_args.bin, which push_to_hub uploads) never hold Hub tokens.

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from .errors import LADError
 from .metrics import StreamingMeanIoU, confusion_matrix_per_sample
@@ -121,6 +121,21 @@ def last_complete_checkpoint(output_dir: str) -> Optional[str]:
     return None
 
 
+class _NonFiniteGuard(TrainerCallback):
+    """Before any log, save or evaluation, stop if a step produced a non-finite loss or gradient norm.
+
+    Runs after the default flow callback, so ``control.should_save`` is already decided: a NaN never reaches disk.
+    """
+
+    def __init__(self, trainer: "LADTrainerBase"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop \
+                or state.global_step >= state.max_steps:
+            self.trainer.check_non_finite(what=" or ".join(self.trainer._bad_what) or "the training loss")
+
+
 class LADTrainerBase(Trainer):
     """Base for the LAD trainers: subclasses implement ``compute_loss`` and ``eval_forward``."""
 
@@ -135,6 +150,10 @@ class LADTrainerBase(Trainer):
         self._parts: Dict[str, list] = defaultdict(list)
         self._eval_extra: Dict[str, list] = defaultdict(list)
         self.noiser: Optional[LabelNoiser] = None
+        # non-finite loss/gradient guard: checked on the host only at log/save/eval steps on accelerators
+        self._first_bad: Optional[torch.Tensor] = None
+        self._bad_what: Dict[str, None] = {}
+        self.add_callback(_NonFiniteGuard(self))
 
     # -- noise ----------------------------------------------------------------------------------------------------
     def make_noiser(self, fixed_alpha=None) -> LabelNoiser:
@@ -234,34 +253,47 @@ class LADTrainerBase(Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     # -- NaN/inf guard --------------------------------------------------------------------------------------------
-    def _stop_non_finite(self, what: str) -> None:
+    def _flag_non_finite(self, value: torch.Tensor, what: str) -> None:
+        """Remember (on the device, without a host sync) the first step whose ``value`` is not finite."""
+        bad = ~torch.isfinite(value.detach()).all()
         step = self.state.global_step + 1
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=value.device)
+            self._bad_what = {}
+        self._bad_what.setdefault(what, None)
+        self._first_bad = torch.where(bad & (self._first_bad < 0), torch.full_like(self._first_bad, step), self._first_bad)
+        if value.device.type == "cpu":  # no sync to avoid: stop before the optimizer step
+            self.check_non_finite(what=what, before_update=True)
+
+    def check_non_finite(self, what: str = "the training loss", before_update: bool = False) -> None:
+        """Raise LADError naming the first step with a non-finite loss or gradient norm (all processes together)."""
+        if self._first_bad is None:
+            return
+        first = self._first_bad.clone()
+        if self.args.world_size > 1:
+            first = self.accelerator.reduce(first.to(self.args.device), reduction="max")
+        step = int(first.item())
+        if step < 0:
+            return
         good = last_complete_checkpoint(self.args.output_dir)
         keep = (f"the last good checkpoint is {good} (resume with --resume_from_checkpoint {good})" if good
                 else "no checkpoint was saved before it")
+        when = "stopped before updating the weights" if before_update else "stopped before saving"
         raise LADError(
-            f"{what} at step {step}; stopped before updating the weights, {keep}; lower --learning_rate, "
+            f"{what} is not finite (nan/inf) at step {step}; {when}, {keep}; lower --learning_rate, "
             "keep --max_grad_norm > 0, or check the data and labels"
         )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        bad = (~torch.isfinite(loss)).float().sum()
-        if self.args.world_size > 1:  # every process stops together (no rank left waiting in a collective)
-            bad = self.accelerator.reduce(bad.to(self.args.device), reduction="sum")
-        if bad.item() > 0:
-            value = loss.item()
-            self._stop_non_finite(f"the training loss is {value}" if not torch.isfinite(loss) else
-                                  "the training loss is not finite on another process")
+        self._flag_non_finite(loss, "the training loss")
         return loss
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         # with fp16 loss scaling, inf gradients are expected: the scaler skips that step itself
-        if grad_norm is not None and getattr(self.accelerator, "scaler", None) is None:
-            value = float(grad_norm.item() if hasattr(grad_norm, "item") else grad_norm)
-            if value != value or value in (float("inf"), float("-inf")):
-                self._stop_non_finite(f"the gradient norm is {value}")
+        if isinstance(grad_norm, torch.Tensor) and getattr(self.accelerator, "scaler", None) is None:
+            self._flag_non_finite(grad_norm, "the gradient norm")
         return grad_norm
 
     # -- losses ---------------------------------------------------------------------------------------------------
