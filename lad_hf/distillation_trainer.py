@@ -131,5 +131,4 @@ class LADDistillationTrainer(LADTrainerBase):
     def eval_forward(self, model, inputs):
         x, y = inputs["pixel_values"], inputs["labels"]
         self.check_batch(model, x, y, self.student_channels)
-        s = segmentation_logits(model, x)
-        return None, s, {}
+        return None, self.eval_logits(model, x), {}

@@ -34,6 +34,12 @@ class SegmentationConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns for the lazy transforms."})
     label_names: Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "Batch keys holding labels."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X steps (or ratio of total steps if < 1)."})
+    eval_window_size: Optional[int] = field(
+        default=None, metadata={"help": "Sliding-window evaluation: window side in pixels (None = whole image)."}
+    )
+    eval_window_stride: Optional[int] = field(
+        default=None, metadata={"help": "Sliding-window stride (default: 2/3 of the window)."}
+    )
     logging_nan_inf_filter: bool = field(
         default=False, metadata={"help": "Off: lad_hf stops on a non-finite loss instead (and avoids a host sync per step)."}
     )
@@ -73,5 +79,5 @@ class SegmentationTrainer(LADTrainerBase):
     def eval_forward(self, model, inputs):
         x, y = inputs["pixel_values"], inputs["labels"]
         self.check_batch(model, x, y, self.image_channels)
-        logits = segmentation_logits(model, x)
+        logits = self.eval_logits(model, x)
         return None, logits, {}

@@ -100,7 +100,8 @@ class LADTeacherTrainer(LADTrainerBase):
         self.image_channels = model.config.label_assisted_image_channels
 
     def teacher_logits(self, model, pixel_values, labels, noiser):
-        return segmentation_logits(model, noiser.assist(pixel_values, labels))
+        x = noiser.assist(pixel_values, labels)
+        return segmentation_logits(model, x) if model.training else self.eval_logits(model, x)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         x, y = inputs["pixel_values"], inputs["labels"]

@@ -310,6 +310,17 @@ class LADTrainerBase(Trainer):
         if self.args.validate_labels and (labels.device.type == "cpu" or self.state.global_step < VALIDATE_FIRST_STEPS):
             check_labels(labels, self.num_labels, self.args.ignore_index)
 
+    def eval_logits(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Evaluation logits: whole image, or sliding windows when ``--eval_window_size`` is set."""
+        size = getattr(self.args, "eval_window_size", None)
+        if not size:
+            return segmentation_logits(model, pixel_values)
+        from .inference import sliding_window_logits
+
+        stride = self.args.eval_window_stride or max(1, (2 * size) // 3)
+        return sliding_window_logits(lambda crop: segmentation_logits(model, crop), pixel_values, size, stride,
+                                     self.num_labels)
+
     def floating_point_ops(self, inputs) -> int:
         """Skip transformers' per-step FLOP count (a walk over every module; only used for ``total_flos``)."""
         return 0
