@@ -685,15 +685,9 @@ def machine_info(cfg: BenchConfig) -> Dict[str, Any]:
         ds_version = datasets.__version__
     except ImportError:  # pragma: no cover
         ds_version = None
-    cpu_name = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from lad_hf.experiments import cpu_name as _cpu_name
+
+    cpu_name = _cpu_name()
     info = {
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "datasets": ds_version, "platform": platform.platform(), "cpu": cpu_name, "cpu_count": os.cpu_count(),

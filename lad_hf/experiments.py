@@ -153,6 +153,18 @@ def set_threads(n: Optional[int] = None) -> int:
     return int(n)
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (else platform's guess)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> Dict[str, str]:
     import platform
 
@@ -163,16 +175,7 @@ def machine_info() -> Dict[str, str]:
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
     else:
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        cpu = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-        info["device"] = f"CPU ({cpu})"
+        info["device"] = f"CPU ({cpu_name()})"
     return info
 
 
