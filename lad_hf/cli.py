@@ -34,6 +34,10 @@ def parse_args(types: Sequence[type], argv: Sequence[str]) -> Tuple:
 
     argv = list(argv)
     config_path = None
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            argv[i : i + 1] = ["--config", a.split("=", 1)[1]]
+            break
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -60,6 +62,18 @@ class LADDistillationConfig(LabelNoiseArguments, SegmentationConfig):
             raise LADError("--distill_tau must be > 0 and --distill_weight >= 0")
 
 
+logger = logging.getLogger(__name__)
+NOISE_KEYS = ("label_sigma", "class_noise", "pixel_noise", "ignore_mode")
+
+
+def warn_noise_mismatch(teacher_config, args) -> None:
+    """Warn when the distillation noise differs from the noise the teacher was trained with (config.lad_label_noise)."""
+    trained = getattr(teacher_config, "lad_label_noise", None) or {}
+    diff = {k: (trained[k], getattr(args, k)) for k in NOISE_KEYS if k in trained and trained[k] != getattr(args, k)}
+    if diff:
+        logger.warning("distilling with label noise that differs from the teacher's training noise (teacher, now): %s", diff)
+
+
 def load_teacher(path: str, trust_remote_code: bool = False) -> PreTrainedModel:
     from transformers import AutoModelForSemanticSegmentation
 
@@ -101,9 +115,13 @@ class LADDistillationTrainer(LADTrainerBase):
             raise LADError(f"teacher and student id2label differ (e.g. ids {diff}); distil between models with one label set")
         super().__init__(model=model, args=args, **kwargs)
         dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+        if dtype is not None and next(teacher_model.parameters()).dtype != dtype:
+            teacher_model = copy.deepcopy(teacher_model)  # cast a copy: the caller's teacher keeps its precision
         teacher_model.requires_grad_(False)
         self.teacher = teacher_model.to(device=args.device, dtype=dtype).eval()
         self.label_assisted = is_label_assisted(teacher_model)
+        if self.label_assisted:
+            warn_noise_mismatch(teacher_model.config, args)
         self.distill = build_loss(args.distill_loss, args.distill_tau)
         if self.label_assisted:
             fixed = reference_fixed_alpha(self.num_labels) if args.fixed_class_encoding else None

@@ -59,9 +59,11 @@ def model_card(model, info: Dict, metrics: Optional[Dict] = None, repo_id: Optio
     dataset = info.get("dataset_name") or "unknown"
     name = repo_id or info.get("run_name") or "lad-student"
     miou = metrics.get("eval_mean_iou", metrics.get("mean_iou"))
+    if miou is not None and miou != miou:  # NaN is not a number the Hub accepts
+        miou = None
     lines = ["---", "library_name: transformers", "pipeline_tag: image-segmentation", "tags:", "- lad_hf",
              "- knowledge-distillation", "- semantic-segmentation"]
-    if dataset != "unknown":
+    if dataset != "unknown" and not os.path.exists(dataset):  # Hub ids only; a local path means nothing there
         lines += ["datasets:", f"- {dataset}"]
     if miou is not None:
         lines += ["model-index:", f"- name: {name}", "  results:", "  - task:", "      type: image-segmentation",

@@ -268,6 +268,10 @@ def build_model(model_args: ModelArguments, id2label: Optional[Dict[int, str]] =
         return build_backbone_segmenter(model_args, config, head_overrides)
     if head_overrides:
         raise LADError(f"--config_overrides head.* keys apply to backbone-only models (DINOv2), not {config.model_type!r}")
+    if getattr(config, "use_auxiliary_head", False):
+        # UperNet/DPT/BEiT auxiliary FCN heads: lad_hf trains and distils the main logits only, so the auxiliary
+        # head would run every step, get no gradient, and break DDP without find_unused_parameters
+        config.use_auxiliary_head = False
     extra = {}
     if model_args.attn_implementation:
         extra["attn_implementation"] = model_args.attn_implementation

@@ -95,6 +95,8 @@ class LADTeacherTrainer(LADTrainerBase):
         if model is None or not is_label_assisted(model):
             raise LADError("the teacher must be label-assisted: call lad_hf.add_label_channel(model) first")
         super().__init__(model=model, args=args, **kwargs)
+        # saved with the teacher, so distillation and evaluation can check they feed the same kind of noise
+        model.config.lad_label_noise = {k: getattr(args, k) for k in ("label_sigma", "class_noise", "pixel_noise", "ignore_mode")}
         self.noiser = self.make_noiser()
         self.consistency = build_loss(args.consistency_loss, args.consistency_tau)
         self.image_channels = model.config.label_assisted_image_channels

@@ -16,7 +16,7 @@ from transformers import Trainer, TrainerCallback
 
 from .errors import LADError
 from .metrics import StreamingMeanIoU, confusion_matrix_per_sample
-from .modeling import check_pixel_values, segmentation_logits
+from .modeling import is_label_assisted, segmentation_logits
 from .noising import LabelNoiser, check_labels
 
 logger = logging.getLogger(__name__)
@@ -143,11 +143,13 @@ class LADTrainerBase(Trainer):
 
     def __init__(self, *args, num_labels: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # compute_loss never uses num_items_in_batch: skip the Trainer's per-step label count (and its gather)
+        self.model_accepts_loss_kwargs = False
         cfg = self.model.config if hasattr(self.model, "config") else None
         self.num_labels = num_labels or cfg.num_labels
         self.id2label = {int(k): v for k, v in (getattr(cfg, "id2label", None) or {}).items()} or None
         self.metric = StreamingMeanIoU(self.num_labels, ignore_index=self.args.ignore_index, id2label=self.id2label)
-        self._parts: Dict[str, list] = defaultdict(list)
+        self._parts: Dict[str, tuple] = {}
         self._eval_extra: Dict[str, list] = defaultdict(list)
         self.noiser: Optional[LabelNoiser] = None
         # non-finite loss/gradient guard: checked on the host only at log/save/eval steps on accelerators
@@ -299,7 +301,8 @@ class LADTrainerBase(Trainer):
     # -- losses ---------------------------------------------------------------------------------------------------
     def check_batch(self, model, pixel_values: torch.Tensor, labels: torch.Tensor, channels: int) -> None:
         if pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
-            check_pixel_values(self.accelerator.unwrap_model(model), pixel_values)
+            hint = "; the trainer adds the label channel itself" if is_label_assisted(self.accelerator.unwrap_model(model)) else ""
+            raise LADError(f"expects {channels} input channels (pixel_values [N, {channels}, H, W]), got {tuple(pixel_values.shape)}{hint}")
         if labels.shape[0] != pixel_values.shape[0] or labels.shape[-2:] != pixel_values.shape[-2:]:
             raise LADError(
                 f"image batch {tuple(pixel_values.shape)} and label batch {tuple(labels.shape)} differ in size; "
@@ -329,16 +332,17 @@ class LADTrainerBase(Trainer):
         return segmentation_loss(logits, labels, self.args.ignore_index)
 
     def record(self, **parts: torch.Tensor) -> None:
-        """Keep loss parts to log them separately (averaged over the logging interval)."""
+        """Keep loss parts to log them separately: a running sum and count per key (no host sync)."""
         prefix = "" if self.model.training else "eval_"
         for k, v in parts.items():
-            self._parts[prefix + k].append(v.detach().float())
+            total, count = self._parts.get(prefix + k, (0.0, 0))
+            self._parts[prefix + k] = (total + v.detach().float(), count + 1)
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         is_eval = any(k.startswith("eval_") for k in logs)
         keys = [k for k in self._parts if k.startswith("eval_") == is_eval]
         if keys:
-            vals = torch.stack([torch.stack(self._parts[k]).mean() for k in keys])
+            vals = torch.stack([torch.as_tensor(self._parts[k][0] / self._parts[k][1]).float() for k in keys])
             if self.args.world_size > 1:
                 vals = self.accelerator.reduce(vals.to(self.args.device), reduction="mean")
             for k, v in zip(keys, vals.tolist()):

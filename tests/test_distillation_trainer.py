@@ -102,3 +102,15 @@ def test_mismatched_label_sets_and_bad_teacher(tmp_path, tensor_dataset):
                                args=_args(tmp_path), train_dataset=tensor_dataset)
     with pytest.raises(LADError, match="plain images"):
         LADDistillationTrainer(model=_teacher(), teacher_model=_teacher(), args=_args(tmp_path), train_dataset=tensor_dataset)
+
+
+def test_callers_teacher_keeps_its_precision_and_noise_mismatch_warns(tmp_path, tensor_dataset, caplog):
+    teacher = _teacher()
+    teacher.config.lad_label_noise = {"label_sigma": 0.03, "class_noise": True, "pixel_noise": True, "ignore_mode": "zero"}
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with caplog.at_level("WARNING"):
+        tr = LADDistillationTrainer(model=tiny_segformer(seed=1), teacher_model=teacher,
+                                    args=_args(tmp_path, bf16=True), train_dataset=tensor_dataset)
+    assert next(tr.teacher.parameters()).dtype == torch.bfloat16
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # caller's copy untouched
+    assert "label_sigma" in caplog.text

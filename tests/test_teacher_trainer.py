@@ -126,5 +126,8 @@ def test_bad_inputs_get_clear_errors(tmp_path, tensor_dataset):
         trainer.compute_loss(model, dict(batch, labels=batch["labels"][:, :16]))
     with pytest.raises(LADError, match="input channels"):
         trainer.compute_loss(model, dict(batch, pixel_values=torch.randn(4, 2, 32, 32)))
+    # an already 4-channel batch: the trainer adds the label channel itself
+    with pytest.raises(LADError, match="adds the label channel itself"):
+        trainer.compute_loss(model, dict(batch, pixel_values=torch.randn(4, 4, 32, 32)))
     with pytest.raises(LADError, match="consistency_loss"):
         _args(tmp_path, consistency_loss="nope")
