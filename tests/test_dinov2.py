@@ -17,15 +17,6 @@ TINY = "hidden_size=128,num_hidden_layers=4,num_attention_heads=4,mlp_ratio=4,im
 HEAD = "head.hidden_size=16,head.pool_scales=[1,2,3]"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a shared, busy CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(head="upernet", overrides=None, seed=0, **kw):
     torch.manual_seed(seed)
     ov = overrides or (f"{TINY},{HEAD}" if head == "upernet" else f"{TINY},head.fusion_hidden_size=16")

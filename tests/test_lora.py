@@ -22,15 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = "hidden_size=128,num_hidden_layers=4,num_attention_heads=4,mlp_ratio=4,image_size=28,head.hidden_size=16,head.pool_scales=[1,2,3]"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a shared, busy CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(seed=0, head="upernet"):
     torch.manual_seed(seed)
     ov = TINY if head == "upernet" else TINY.split(",head.")[0] + ",head.fusion_hidden_size=16"
