@@ -15,7 +15,7 @@ python3 -c "import torch, transformers, datasets, pyarrow; print('torch', torch.
 case "${1:-reproduce}" in
   reproduce)
     BUDGET=${BUDGET:-270}
-    python3 -c "from lad_hf.scenes import load_or_build_fashion_scenes as b; b('outputs/cache', num_train=8000, num_validation=500, num_test=1000, canvas_size=96, seed=0, num_proc=8)" > "$OUT/scenes.log" 2>&1 || { tail -5 "$OUT/scenes.log"; exit 1; }
+    python3 -c "from lad_hf.fashion_scenes import load_or_build_fashion_scenes as b; b('outputs/cache', num_train=8000, num_validation=500, num_test=1000, canvas_size=96, seed=0, num_proc=8)" > "$OUT/scenes.log" 2>&1 || { tail -5 "$OUT/scenes.log"; exit 1; }
     for s in 0 1 2; do
       python3 benchmarks/reproduce.py --full --seeds $s --time_budget_s "$BUDGET" --threads 4 --results_dir "$OUT" > "$OUT/reproduce_seed$s.log" 2>&1 &
     done

@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 python benchmarks/reproduce.py --quick     # CPU, CI-sized (reduced grid, see QUICK_NOTE)
     HF_HUB_OFFLINE=1 python benchmarks/reproduce.py --full      # one GPU (default when CUDA is available)
 
-Every model is trained by the library's trainers through ``lad_hf.experiments``. The validation split is used for
+Every model is trained by the library's trainers through ``lad_hf.fashion_scenes.experiments``. The validation split is used for
 any choice (here: nothing is tuned; the "best σ" line is picked on validation student mIoU); the test split only
 for the reported numbers. Results (partial ones included, written after every row) go to
 ``benchmarks/results/reproduce_<quick|full>.{md,json}`` with the command, the machine and the UTC date.
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lad_hf import experiments as E  # noqa: E402
+from lad_hf.fashion_scenes import experiments as E  # noqa: E402
 
 # paper numbers (DESIGN.md §2 and the paper's Tab. 6); Cityscapes val mIoU
 PAPER = {
@@ -134,7 +134,7 @@ class Lab:
         if key not in self.cache:
             t = time.perf_counter()
             m, tr, _ = E.train_lad_teacher(self.data, spec)
-            ev = E.evaluate_teacher(tr, self.data)
+            ev = E.evaluate_plain(tr, self.data)
             out = {"test_miou": 100 * ev["test"]["mean_iou"], "val_miou": 100 * ev["validation"]["mean_iou"],
                    "test_mkl_x100": ev["test"].get("mkl_x100"), "seconds": time.perf_counter() - t}
             self.cache[key] = (m, out, spec)
@@ -340,7 +340,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)
 
-    from lad_hf.scenes import load_or_build_fashion_scenes
+    from lad_hf.fashion_scenes import load_or_build_fashion_scenes
 
     dsd = load_or_build_fashion_scenes(args.cache_dir, num_train=sz["num_train"], num_validation=sz["num_validation"],
                                        num_test=sz["num_test"], canvas_size=sz["canvas"], seed=0)

@@ -466,7 +466,7 @@ def bench_raw(cfg, train_ds, collator, out_dir) -> Row:
     from transformers import Trainer
 
     from lad_hf import SegmentationConfig
-    from lad_hf.trainer_base import segmentation_loss
+    from lad_hf.losses import segmentation_loss
 
     device = torch.device(cfg.device)
     args = SegmentationConfig(**_train_kwargs(cfg, out_dir, cfg.batch_size, cfg.warmup + cfg.steps))
@@ -685,7 +685,7 @@ def machine_info(cfg: BenchConfig) -> Dict[str, Any]:
         ds_version = datasets.__version__
     except ImportError:  # pragma: no cover
         ds_version = None
-    from lad_hf.experiments import cpu_name as _cpu_name
+    from lad_hf.fashion_scenes.experiments import cpu_name as _cpu_name
 
     cpu_name = _cpu_name()
     info = {

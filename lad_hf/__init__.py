@@ -2,7 +2,7 @@
 
 dataset → transforms → batch → trainer (noiser → teacher) → losses → metrics → export
 
-Names are imported lazily, so ``python -m lad_hf.scenes`` does not pay for transformers.
+Names are imported lazily, so `import lad_hf` does not pay for transformers.
 """
 
 import importlib
@@ -11,16 +11,16 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "LADError": "errors",
-    "LabelNoiser": "noising",
+    "LabelNoiser": "noising", "LabelNoiseArguments": "noising",
     "LOSSES": "losses", "ChannelWiseDivergence": "losses", "PixelWiseKL": "losses", "LogitMSE": "losses",
-    "build_loss": "losses",
-    "ModelArguments": "modeling", "add_label_channel": "modeling", "build_model": "modeling",
-    "is_label_assisted": "modeling",
-    "StreamingMeanIoU": "metrics",
-    "mean_pairwise_kl": "stability", "teacher_stability": "stability",
-    "SegmentationConfig": "segmentation_trainer", "SegmentationTrainer": "segmentation_trainer",
-    "LADTeacherConfig": "teacher_trainer", "LADTeacherTrainer": "teacher_trainer",
-    "LADDistillationConfig": "distillation_trainer", "LADDistillationTrainer": "distillation_trainer",
+    "build_loss": "losses", "segmentation_loss": "losses",
+    "ModelArguments": "models", "add_label_channel": "models", "build_model": "models", "is_label_assisted": "models",
+    "DataArguments": "data",
+    "StreamingMeanIoU": "metrics", "mean_pairwise_kl": "metrics", "teacher_stability": "metrics",
+    "SegmentationConfig": "trainers", "SegmentationTrainer": "trainers",
+    "LADTeacherConfig": "trainers", "LADTeacherTrainer": "trainers",
+    "LADDistillationConfig": "trainers", "LADDistillationTrainer": "trainers",
+    "export_model": "export", "push_folder": "export",
 }
 __all__ = list(_EXPORTS)
 

@@ -1,10 +1,11 @@
-"""Sliding-window inference: logits of a whole image from overlapping crops.
+"""Inference: logits out of a model, patch padding, and sliding windows over a whole image.
 
     logits(p) = Σ_w upsample(f(x_w))(p) / #{w : p ∈ w}     over windows w of size S, stride s (last window flush)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, List
 
 import torch
@@ -43,3 +44,17 @@ def sliding_window_logits(forward: Callable[[torch.Tensor], torch.Tensor], pixel
             out[:, :, top : top + crop.shape[-2], left : left + crop.shape[-1]] += logits
             count[:, :, top : top + crop.shape[-2], left : left + crop.shape[-1]] += 1
     return out / count
+
+
+def segmentation_logits(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Logits [N, K, h, w] of a HF segmentation model (or a PeftModel around one)."""
+    out = model(pixel_values=pixel_values)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+def pad_to_multiple(pixel_values: torch.Tensor, multiple: int, square: bool = False, value: float = 0.0):
+    """Pad [N,C,H,W] bottom/right to multiples of ``multiple`` (and to a square) -> (padded, (H, W))."""
+    h, w = pixel_values.shape[-2:]
+    ph, pw = math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple
+    if square:
+        ph = pw = max(ph, pw)
+    return F.pad(pixel_values, (0, pw - w, 0, ph - h), value=value), (h, w)

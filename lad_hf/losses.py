@@ -1,4 +1,4 @@
-"""Distillation distances D(student_logits, teacher_logits), in one registry.
+"""Losses: the segmentation loss, and the distillation distances D(student_logits, teacher_logits) in one registry.
 
 All losses run in float32 whatever the autocast dtype, detach the teacher side, and resize the
 teacher's logits (bilinear) to the student's spatial size when they differ.
@@ -97,6 +97,18 @@ def build_loss(name: str, tau: float = 1.0) -> nn.Module:
     return LOSSES[name](tau=tau)
 
 
-def symmetric(loss: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """D(a, sg(b)) + D(b, sg(a)): both directions, the target side detached (teacher consistency)."""
-    return loss(a, b) + loss(b, a)
+def upsample(logits: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear upsampling of logits [N,K,h,w] to the label size (SegFormer predicts at 1/4 resolution)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Pixel-wise cross-entropy (float32) of logits upsampled to the label size, mean over non-ignored pixels.
+
+    A batch with no valid pixel gives 0 rather than NaN.
+    """
+    logits = upsample(logits.float(), labels.shape[-2:])
+    total = F.cross_entropy(logits, labels.long(), ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp_min(1)

@@ -7,26 +7,62 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
+from .data.validation import check_labels
 from .errors import LADError
 
 IGNORE_MODES = ("zero", "class")
 
 
-def check_labels(labels: torch.Tensor, num_labels: int, ignore_index: int) -> None:
-    """Raise LADError when ``labels`` holds values outside [0, num_labels) that are not ``ignore_index``."""
-    bad = (labels < 0) | (labels >= num_labels)
-    if ignore_index is not None:
-        bad &= labels != ignore_index
-    if bool(bad.any()):
-        values = torch.unique(labels[bad]).tolist()[:10]
-        raise LADError(
-            f"labels contain values {values} outside [0, {num_labels}) that are not the ignore index {ignore_index}; "
-            "fix num_labels/id2label, or pass --do_reduce_labels if 0 means 'ignore'"
-        )
+# the paper's settings; a field left unset (None) takes the teacher's saved setting, else these
+NOISE_DEFAULTS = {"label_sigma": 0.01, "class_noise": True, "pixel_noise": True, "ignore_mode": "zero"}
+NOISE_FIELDS = tuple(NOISE_DEFAULTS)
+
+
+@dataclass
+class LabelNoiseArguments:
+    """The label-noise options (paper Eq. 5), declared once; both LAD configs inherit them.
+
+    Unset (`None`) options take the setting the teacher was trained with (saved in its `config.lad_label_noise`),
+    else the paper's: σ 0.01, class noise on, pixel noise on, ignore pixels 0.
+    """
+
+    label_sigma: Optional[float] = field(
+        default=None, metadata={"help": "σ of the per-pixel noise β on the label channel (default 0.01, or the teacher's)."}
+    )
+    class_noise: Optional[bool] = field(
+        default=None, metadata={"help": "Random per-image class codes α_k ~ N(0,1); false feeds the clean label "
+                                        "(shortcut ablation). Default true, or the teacher's."}
+    )
+    pixel_noise: Optional[bool] = field(default=None, metadata={"help": "Add σ·β per-pixel noise (default true, or the teacher's)."})
+    ignore_mode: Optional[str] = field(
+        default=None, metadata={"help": "Label-channel value of ignore pixels: 0 ('zero') or a code of their own ('class'). "
+                                        "Default 'zero', or the teacher's.", "choices": list(IGNORE_MODES)}
+    )
+
+    def check_noise(self) -> None:
+        if self.label_sigma is not None and self.label_sigma < 0:
+            raise LADError(f"--label_sigma must be >= 0, got {self.label_sigma}")
+        if self.ignore_mode is not None and self.ignore_mode not in IGNORE_MODES:
+            raise LADError(f"--ignore_mode must be one of {list(IGNORE_MODES)}, got {self.ignore_mode!r}")
+
+    def resolve_noise(self, saved: Optional[dict] = None) -> dict:
+        """Fill unset options from ``saved`` (a teacher's `config.lad_label_noise`), then the defaults; in place."""
+        saved = saved or {}
+        for name, default in NOISE_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, saved.get(name, default))
+        self.check_noise()
+        return self.noise_settings()
+
+    def noise_settings(self) -> dict:
+        """The settings saved with a teacher (`config.lad_label_noise`)."""
+        return {f: getattr(self, f) for f in NOISE_FIELDS}
+
 
 
 class LabelNoiser:
@@ -35,7 +71,7 @@ class LabelNoiser:
     ``noiser(labels[N,H,W]) -> FloatTensor[N,1,H,W]``; ``noiser.assist(x[N,C,H,W], labels) -> [N,C+1,H,W]``.
 
     * class noise: α_{n,k} ~ N(0,1), every pixel of class k in image n gets α_{n,k};
-      with ``class_noise=False`` the clean label is encoded as (k - (K-1)/2) / K (unit scale, zero mean).
+      with ``class_noise=False`` the clean label is a fixed code in [-1/2, 1/2] per class, never 0 (the ignore code).
     * pixel noise: + σ·β, β ~ N(0,1) per pixel (``pixel_noise=False`` or ``sigma=0`` disables it).
     * ignore pixels: 0 (``ignore_mode="zero"``) or their own random class value (``"class"``, as the reference code).
     * ``fixed_alpha``: a fixed per-class encoding tensor [K] (the reference code uses α_k = (k-11)/10 when distilling).
@@ -61,6 +97,9 @@ class LabelNoiser:
             raise LADError(f"ignore_mode must be one of {IGNORE_MODES}, got {ignore_mode!r}")
         if fixed_alpha is not None and tuple(fixed_alpha.shape) != (num_labels,):
             raise LADError(f"fixed_alpha must have shape ({num_labels},), got {tuple(fixed_alpha.shape)}")
+        if fixed_alpha is not None and ignore_mode == "zero" and bool((fixed_alpha == 0).any()):
+            raise LADError("fixed_alpha gives a class the code 0, which ignore_mode='zero' uses for ignore pixels; "
+                           "use codes without 0 (reference_fixed_alpha) or ignore_mode='class'")
         self.num_labels = num_labels
         self.sigma = float(sigma)
         self.class_noise = class_noise
@@ -70,6 +109,17 @@ class LabelNoiser:
         self.generator = generator
         self.fixed_alpha = fixed_alpha
         self.validate = validate
+
+    @classmethod
+    def from_args(cls, args, num_labels: int, generator: Optional[torch.Generator] = None,
+                  fixed_alpha: Optional[torch.Tensor] = None, validate: bool = False) -> "LabelNoiser":
+        """A noiser from any object carrying the `LabelNoiseArguments` fields (and ``ignore_index``)."""
+        missing = [f for f in NOISE_FIELDS if getattr(args, f, None) is None]
+        if missing:
+            raise LADError(f"{type(args).__name__} has no resolved label-noise options {missing}; call resolve_noise()")
+        return cls(num_labels, sigma=args.label_sigma, class_noise=args.class_noise, pixel_noise=args.pixel_noise,
+                   ignore_index=getattr(args, "ignore_index", 255), ignore_mode=args.ignore_mode, generator=generator,
+                   fixed_alpha=fixed_alpha, validate=validate)
 
     def __repr__(self) -> str:
         return (
@@ -96,8 +146,7 @@ class LabelNoiser:
         if self.class_noise:
             codes = self._randn((batch_size, k + 1), device, dtype)
         else:
-            clean = (torch.arange(k + 1, device=device, dtype=dtype) - (k - 1) / 2) / k
-            codes = clean.expand(batch_size, k + 1).clone()
+            codes = clean_codes(k, device, dtype).expand(batch_size, k + 1).clone()
         if self.ignore_mode == "zero":
             codes[:, k] = 0
         return codes
@@ -140,7 +189,20 @@ class LabelNoiser:
             self.generator.set_state(state)
 
 
+def clean_codes(num_labels: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The clean encoding [K+1]: class k -> (j_k - K/2) / K on the grid j = 0..K with the zero point skipped, so no
+    class gets 0 (the ignore code of ``ignore_mode="zero"``); column K (ignore, ``"class"`` mode) gets -1/2 - 1/K."""
+    k = num_labels
+    j = torch.arange(k, device=device, dtype=dtype)
+    if k % 2 == 0:
+        j = j + (j >= k // 2).to(dtype)  # even K: the grid's middle point would be exactly 0
+    codes = (j - k / 2) / k
+    return torch.cat([codes, torch.full((1,), -0.5 - 1.0 / k, device=device, dtype=dtype)])
+
+
 def reference_fixed_alpha(num_labels: int) -> torch.Tensor:
-    """The reference code's fixed distillation-time encoding α_k = (k - 11) / 10 (VOC, 21 classes), generalised."""
+    """The reference code's fixed distillation-time encoding α_k = (k - 11) / 10 (VOC, 21 classes), generalised to
+    centre c = (K+1)//2; the class at the centre would get 0 (the ignore code), so classes k >= c move up by 0.1."""
     centre = (num_labels + 1) // 2
-    return (torch.arange(num_labels, dtype=torch.float32) - centre) / 10
+    k = torch.arange(num_labels, dtype=torch.float32)
+    return (k - centre + (k >= centre).float()) / 10

@@ -26,4 +26,4 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_
 PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 export LAD_FASHION_MNIST_DIR="$FM_DIR"
-exec "$PY" -m lad_hf.demo --output_dir "$OUT"
+exec "$PY" -m lad_hf.fashion_scenes.demo --output_dir "$OUT"

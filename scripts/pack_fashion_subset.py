@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 
-from lad_hf.scenes import load_fashion_mnist, scene_layout
+from lad_hf.fashion_scenes import load_fashion_mnist, scene_layout
 
 
 def main():

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import tiny_segformer
 from lad_hf import SegmentationConfig, SegmentationTrainer

@@ -1,5 +1,6 @@
 """Tests for lad_hf.metrics and the packaged evaluate metric, against a naive per-class reference."""
 
+import copy
 import math
 import os
 import sys
@@ -14,7 +15,10 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
+from conftest import synthetic_scene, tiny_segformer  # noqa: E402
 from lad_hf.errors import LADError  # noqa: E402
+from lad_hf.models import add_label_channel  # noqa: E402
+from lad_hf.noising import LabelNoiser  # noqa: E402
 from lad_hf.metrics import (  # noqa: E402
     MEAN_IOU_SCRIPT,
     StreamingMeanIoU,
@@ -22,7 +26,9 @@ from lad_hf.metrics import (  # noqa: E402
     confusion_matrix_per_sample,
     flatten_metrics,
     load_mean_iou_metric,
+    mean_pairwise_kl,
     mean_iou_from_confusion,
+    teacher_stability,
     upsample_argmax,
 )
 
@@ -168,6 +174,78 @@ def test_per_sample_confusion_sums_to_batch():
     metric = StreamingMeanIoU(k)
     metric.add_confusion(confusion_matrix_per_sample(preds, labels, k))
     np.testing.assert_array_equal(metric.confusion.numpy(), confusion_matrix(preds, labels, k).numpy())
+
+
+def naive_confusion(preds, labels, k, ignore_index=IGNORE):
+    """CM[gt, pred] by a Python loop over every pixel (exact integers, no vectorised arithmetic)."""
+    cm = np.zeros((k, k), dtype=np.int64)
+    for p, l in zip(np.asarray(preds).ravel().tolist(), np.asarray(labels).ravel().tolist()):
+        if l != ignore_index and 0 <= l < k and 0 <= p < k:
+            cm[l, p] += 1
+    return cm
+
+
+def _hard_batch(seed, n, h, w, k, dtype=torch.int64):
+    """Masks with ignore pixels and out-of-range labels/predictions (negative, K, huge int64 values)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, k, (n, h, w), generator=g)
+    preds = torch.randint(0, k, (n, h, w), generator=g)
+    labels[torch.rand(n, h, w, generator=g) < 0.1] = IGNORE
+    if dtype == torch.int64:
+        labels[torch.rand(n, h, w, generator=g) < 0.03] = -3
+        preds[torch.rand(n, h, w, generator=g) < 0.03] = 2**40 + 1  # would alias class 1 if narrowed to int32
+        preds[torch.rand(n, h, w, generator=g) < 0.03] = -(2**40)
+    labels[torch.rand(n, h, w, generator=g) < 0.03] = k
+    preds[torch.rand(n, h, w, generator=g) < 0.03] = k + 1
+    return preds.to(dtype), labels.to(dtype)
+
+
+@pytest.mark.parametrize("chunk", [None, 64, 100, 1000])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+def test_batched_update_equals_per_mask_updates_and_naive_loop(monkeypatch, chunk, dtype):
+    """One update with all masks == one update per mask == a per-pixel Python loop, exactly (int64), also when
+    the flattened pixels are cut into chunks that straddle masks (chunk sizes not dividing H*W)."""
+    import lad_hf.metrics as metrics_module
+
+    if chunk is not None:
+        monkeypatch.setattr(metrics_module, "CPU_CONFUSION_CHUNK", chunk)
+    k = 6
+    for seed, (n, h, w) in enumerate([(5, 9, 13), (3, 1, 7), (2, 40, 31)]):
+        preds, labels = _hard_batch(seed, n, h, w, k, dtype)
+        expected = naive_confusion(preds.numpy(), labels.numpy(), k)
+        batched = StreamingMeanIoU(k)
+        batched.update(preds, labels)
+        per_mask = StreamingMeanIoU(k)
+        for i in range(n):
+            per_mask.update(preds[i], labels[i])
+        assert batched.confusion.dtype == torch.int64
+        np.testing.assert_array_equal(batched.confusion.numpy(), expected)
+        np.testing.assert_array_equal(per_mask.confusion.numpy(), expected)
+        # per-sample matrices: whole samples per chunk, or one sample cut into chunks
+        per = confusion_matrix_per_sample(preds, labels, k)
+        assert per.shape == (n, k, k) and per.dtype == torch.int64
+        for i in range(n):
+            np.testing.assert_array_equal(per[i].numpy(), naive_confusion(preds[i].numpy(), labels[i].numpy(), k))
+        # an ignore_index inside [0, K) is honoured in every chunk
+        np.testing.assert_array_equal(confusion_matrix(preds, labels, k, ignore_index=2).numpy(),
+                                      naive_confusion(preds.numpy(), labels.numpy(), k, ignore_index=2))
+
+
+def test_batched_update_equals_per_mask_on_a_larger_batch():
+    """Default chunk size, masks larger than a chunk and a batch spanning many chunks (no timing)."""
+    k = 19
+    preds, labels = _hard_batch(7, 4, 300, 500, k)
+    batched = StreamingMeanIoU(k)
+    batched.update(preds, labels)
+    per_mask = StreamingMeanIoU(k)
+    for i in range(preds.shape[0]):
+        per_mask.update(preds[i], labels[i])
+    p, l = preds.numpy().ravel(), labels.numpy().ravel()
+    valid = (l >= 0) & (l < k) & (l != IGNORE) & (p >= 0) & (p < k)
+    expected = np.bincount(k * l[valid] + p[valid], minlength=k * k).reshape(k, k)
+    np.testing.assert_array_equal(batched.confusion.numpy(), expected)
+    np.testing.assert_array_equal(per_mask.confusion.numpy(), expected)
+    np.testing.assert_array_equal(confusion_matrix_per_sample(preds, labels, k).sum(0).numpy(), expected)
 
 
 def test_bad_inputs_raise():
@@ -405,3 +483,121 @@ def test_streaming_update_speed_cpu():
           f"bare per-image numpy bincount: {numpy_s:.3f} s")
     np.testing.assert_array_equal(metric.confusion.numpy(), cm)
     assert streaming_s < 1.0
+
+
+# ---------------------------------------------------------------- mKL (Tab. 8) against a naive double loop
+
+
+def naive_mkl_per_image(logits):
+    """1/(D(D-1)) Σ_{i≠j} mean_pixels KL(p_i ‖ p_j), explicit loops in float64."""
+    logits = logits.double()
+    d, n, c, h, w = logits.shape
+    out = []
+    for img in range(n):
+        total = 0.0
+        for i in range(d):
+            for j in range(d):
+                if i == j:
+                    continue
+                kl_sum = 0.0
+                for y in range(h):
+                    for x in range(w):
+                        p = torch.softmax(logits[i, img, :, y, x], 0)
+                        q = torch.softmax(logits[j, img, :, y, x], 0)
+                        kl_sum += sum(p[k].item() * math.log(p[k].item() / q[k].item()) for k in range(c))
+                total += kl_sum / (h * w)
+        out.append(total / (d * (d - 1)))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("d", [2, 3, 5])
+def test_mean_pairwise_kl_matches_naive_double_loop(d):
+    g = torch.Generator().manual_seed(d)
+    logits = torch.randn(d, 2, 4, 3, 3, generator=g) * 2
+    want = naive_mkl_per_image(logits)
+    per_image = mean_pairwise_kl(logits, reduction="none")
+    assert per_image.shape == (2,)
+    torch.testing.assert_close(per_image.double(), want, rtol=1e-4, atol=1e-6)
+    assert mean_pairwise_kl(logits).item() == pytest.approx(want.mean().item(), rel=1e-4)
+    assert (want > 0).all()
+
+
+def test_mean_pairwise_kl_is_not_the_one_sided_kl():
+    # with D = 3 the asymmetric pairs must all be counted: compare against only i<j pairs
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 4, 2, 2, generator=g) * 3
+    lp = torch.log_softmax(logits.double(), 2)
+    one_sided = sum(
+        (lp[i].exp() * (lp[i] - lp[j])).sum(1).mean() for i in range(3) for j in range(3) if i < j
+    ) / 3
+    assert mean_pairwise_kl(logits).item() != pytest.approx(one_sided.item(), rel=1e-3)
+
+
+def test_mean_pairwise_kl_zero_for_identical_draws():
+    g = torch.Generator().manual_seed(1)
+    one = torch.randn(1, 2, 5, 4, 4, generator=g) * 10
+    same = one.expand(4, -1, -1, -1, -1)
+    assert abs(mean_pairwise_kl(same).item()) < 1e-6
+    # a class-independent shift per pixel does not change the distribution either
+    shifted = torch.cat([one, one + 3.0])
+    assert abs(mean_pairwise_kl(shifted).item()) < 1e-6
+
+
+def test_mean_pairwise_kl_bad_shapes():
+    with pytest.raises(LADError):
+        mean_pairwise_kl(torch.zeros(1, 2, 3, 4, 4))
+    with pytest.raises(LADError):
+        mean_pairwise_kl(torch.zeros(2, 3, 4, 4))
+
+
+def _batch(n=2, size=32):
+    rng = np.random.default_rng(0)
+    imgs, labs = zip(*(synthetic_scene(rng, size) for _ in range(n)))
+    return torch.tensor(np.stack(imgs)), torch.tensor(np.stack(labs))
+
+
+def _unit_scale(model):
+    """std 1/sqrt(fan_in) weights: HF's 0.02 init gives near-constant logits that would hide any instability."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+    return model
+
+
+def test_teacher_stability_on_label_assisted_segformer():
+    x, y = _batch()
+    base = _unit_scale(tiny_segformer(seed=0))
+    # zero label weights: the label channel is ignored, every draw gives the same logits
+    ignoring = add_label_channel(copy.deepcopy(base), init="zeros")
+    # large label weights: the prediction moves with the random class codes
+    sensitive = add_label_channel(copy.deepcopy(base), init="random", scale=50.0)
+
+    noiser = LabelNoiser(4, sigma=0.01, generator=torch.Generator().manual_seed(0))
+    zero = teacher_stability(ignoring, x, y, noiser, draws=4)
+    assert zero.dim() == 0 and torch.isfinite(zero)
+    assert abs(zero.item()) < 1e-6
+
+    sensitive.train()
+    mkl = teacher_stability(sensitive, x, y, noiser, draws=4)
+    assert sensitive.training  # the mode is restored
+    assert mkl.dim() == 0 and torch.isfinite(mkl)
+    assert mkl.item() > 0
+    assert mkl.item() > 1e-3
+
+    # it is the naive mKL of the teacher's outputs on fresh draws of the same images
+    noiser.generator.manual_seed(5)
+    again = teacher_stability(sensitive, x, y, noiser, draws=3)
+    noiser.generator.manual_seed(5)
+    sensitive.eval()
+    with torch.no_grad():
+        outs = torch.stack([sensitive(pixel_values=noiser.assist(x, y)).logits for _ in range(3)])
+    assert again.item() == pytest.approx(mean_pairwise_kl(outs).item(), rel=1e-5)
+
+
+def test_teacher_stability_needs_two_draws():
+    x, y = _batch(n=1)
+    teacher = add_label_channel(tiny_segformer())
+    with pytest.raises(LADError, match="draws"):
+        teacher_stability(teacher, x, y, LabelNoiser(4), draws=1)

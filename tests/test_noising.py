@@ -181,15 +181,16 @@ def test_no_class_noise_gives_clean_normalised_encoding():
     lab = _labels(n=3)
     out = LabelNoiser(K, class_noise=False, pixel_noise=False, generator=_gen(0))(lab)[:, 0]
     for k in range(K):
-        expected = (k - (K - 1) / 2) / K
+        j = k + (1 if K % 2 == 0 and k >= K // 2 else 0)  # the grid (j - K/2)/K, j = 0..K, its zero point skipped
+        expected = (j - K / 2) / K
         assert torch.allclose(out[lab == k], torch.tensor(expected), atol=1e-7), k
     assert torch.all(out[lab == IGNORE] == 0)
-    # identical across images, zero mean over the classes, unit-scale range
+    # identical across images, distinct, never the ignore code 0, unit-scale range
     same = _all_classes_batch(3)
     codes = LabelNoiser(K, class_noise=False, pixel_noise=False)(same)[:, 0, 0, :]
     assert torch.equal(codes[0], codes[1]) and torch.equal(codes[1], codes[2])
-    assert abs(codes[0].sum().item()) < 1e-6
-    assert codes[0].max() - codes[0].min() < 1.0
+    assert len(set(codes[0].tolist())) == K and bool((codes[0] != 0).all())
+    assert codes[0].max() - codes[0].min() <= 1.0
     # and no randomness is consumed: the output does not depend on the generator
     assert torch.equal(LabelNoiser(K, class_noise=False, pixel_noise=False, generator=_gen(1))(same), codes[:, None, None])
 
@@ -317,11 +318,30 @@ def test_bad_inputs_raise():
 
 
 def test_reference_fixed_alpha():
-    a = reference_fixed_alpha(21)  # the reference code's VOC encoding (k - 11) / 10
+    a = reference_fixed_alpha(21)  # the reference code's VOC encoding (k - 11) / 10, with class 11 moved off 0
     assert a.shape == (21,)
-    torch.testing.assert_close(a, (torch.arange(21, dtype=torch.float32) - 11) / 10)
+    want = torch.tensor([(k - 11) / 10 if k < 11 else (k - 10) / 10 for k in range(21)])
+    torch.testing.assert_close(a, want)
     assert reference_fixed_alpha(4).shape == (4,)
-    assert len(set(reference_fixed_alpha(7).tolist())) == 7
+    for k in (2, 3, 4, 7, 21, 150):  # distinct, and never the ignore code 0 of ignore_mode="zero"
+        codes = reference_fixed_alpha(k).tolist()
+        assert len(set(codes)) == k and 0.0 not in codes
+
+
+@pytest.mark.parametrize("k", [3, 4, 5, 11])
+def test_clean_and_fixed_encodings_never_clash_with_the_ignore_code(k):
+    """An odd K used to give class (K-1)/2 the clean code 0: the ignore code of ignore_mode="zero"."""
+    lab = torch.arange(k).view(1, 1, k).expand(2, 3, k).clone()
+    lab[:, 0, 0] = IGNORE
+    for noiser in (LabelNoiser(k, class_noise=False, pixel_noise=False),
+                   LabelNoiser(k, pixel_noise=False, fixed_alpha=reference_fixed_alpha(k))):
+        out = noiser(lab)[:, 0]
+        ignore_code = out[lab == IGNORE].unique()
+        class_codes = {c: out[lab == c].unique() for c in range(k)}
+        assert ignore_code.tolist() == [0.0]
+        assert all(v.numel() == 1 and v.item() != 0.0 for v in class_codes.values())
+    with pytest.raises(LADError, match="code 0"):
+        LabelNoiser(k, fixed_alpha=torch.zeros(k))
 
 
 @pytest.mark.parametrize("ignore_mode", ["zero", "class"])

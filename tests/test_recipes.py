@@ -13,11 +13,11 @@ RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_co
 
 def _types(name):
     from lad_hf.data import DataArguments
-    from lad_hf.distillation_trainer import LADDistillationConfig
-    from lad_hf.lora import LoraArguments
-    from lad_hf.modeling import ModelArguments
-    from lad_hf.segmentation_trainer import SegmentationConfig
-    from lad_hf.teacher_trainer import LADTeacherConfig
+    from lad_hf.trainers import LADDistillationConfig
+    from lad_hf.models.lora import LoraArguments
+    from lad_hf.models import ModelArguments
+    from lad_hf.trainers import SegmentationConfig
+    from lad_hf.trainers import LADTeacherConfig
 
     if name.startswith("teacher"):
         return [ModelArguments, DataArguments, LADTeacherConfig]

@@ -1,0 +1,443 @@
+"""Export a trained student as a stock transformers model (LoRA merged, safetensors, model card) and push it.
+
+The model card is built with ``huggingface_hub``'s ``ModelCard`` / ``ModelCardData`` / ``EvalResult``. It names Hub ids
+only (``base_model``, ``datasets``, the model-index dataset, the teacher): a local path means nothing on the Hub, and the
+Hub refuses ``base_model`` / ``datasets`` values that are not repo ids. Which names are Hub ids is decided while training
+(``write_training_info`` records ``hub_ids``, with the working directory the paths were given in).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, Iterable, Optional, Tuple
+
+from .errors import LADError
+
+TRAINING_INFO = "lad_training_info.json"
+# record keys that name a model, a config or a dataset: a Hub id, or a local path that must not be published
+HUB_KEYS = ("model_name_or_path", "config_name", "dataset_name", "teacher_model_name_or_path")
+LOCAL = "(local)"
+_METRIC_FILES = ("eval_results.json", "all_results.json", TRAINING_INFO)
+_TEACHER_METRICS = ("eval_mean_iou", "eval_label_gain", "eval_mean_iou_no_label")
+
+# Licences of the base models the recipes start from, as their Hub cards state them (used when the base model's own
+# card is not in the local Hub cache). nvidia/mit-b*: "license: other", the NVIDIA Source Code License for SegFormer
+# (non-commercial); facebook/dinov2-small/-base: apache-2.0.
+_SEGFORMER_LICENSE = ("other", "nvidia-source-code-license", "https://github.com/NVlabs/SegFormer/blob/master/LICENSE")
+KNOWN_LICENSES: Dict[str, Tuple[str, Optional[str], Optional[str]]] = {
+    "nvidia/mit-b0": _SEGFORMER_LICENSE,
+    "nvidia/mit-b1": _SEGFORMER_LICENSE,
+    "nvidia/mit-b2": _SEGFORMER_LICENSE,
+    "facebook/dinov2-small": ("apache-2.0", None, None),
+    "facebook/dinov2-base": ("apache-2.0", None, None),
+}
+
+
+# ------------------------------------------------------------------------------------------------ training record
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _finite(v) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _read_json(path: str) -> Dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _metrics_in(paths: Iterable[str]) -> Dict[str, float]:
+    """The teacher's mIoU / label_gain / mIoU without the label from its eval_results.json, all_results.json or record."""
+    out: Dict[str, float] = {}
+    for path in paths:
+        data = _read_json(path)
+        for source in (data, data.get("eval_metrics") or {}):
+            for key in _TEACHER_METRICS:
+                if key not in out and _finite(source.get(key)) is not None:
+                    out[key] = _finite(source[key])
+    return out
+
+
+def teacher_metrics(teacher: Optional[str], roots: Iterable[str] = ()) -> Dict[str, float]:
+    """The teacher's own evaluation (``eval_label_gain`` ...), read next to its weights: a local folder (as given, or
+    under one of ``roots``), else a Hub id's files already in the local Hub cache (no download)."""
+    from .models.lora import hub_repo_id
+
+    if not teacher:
+        return {}
+    folders = [teacher] + ([os.path.join(r, teacher) for r in roots if r] if not os.path.isabs(teacher) else [])
+    for folder in folders:
+        if os.path.isdir(folder):
+            return _metrics_in(os.path.join(folder, name) for name in _METRIC_FILES)
+    repo = hub_repo_id(teacher)
+    if repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = [try_to_load_from_cache(repo, name) for name in _METRIC_FILES]
+        return _metrics_in(p for p in cached if isinstance(p, str))
+    return {}
+
+
+def write_training_info(output_dir: str, info: Dict) -> None:
+    """How a model was trained (teacher, noise, losses, weights, metrics); read by ``export`` for the model card.
+
+    Called at the end of training, from the working directory the paths were given in, it also records which of the
+    names are Hub ids (``hub_ids``) and, for a distilled student, the teacher's own evaluation (``teacher_eval``).
+    """
+    from .models.lora import hub_repo_id
+
+    info = dict(info)
+    info.pop("hub_token", None)
+    if "hub_ids" not in info:
+        info["hub_ids"] = {k: hub_repo_id(info.get(k)) for k in HUB_KEYS if hub_repo_id(info.get(k))}
+    if info.get("teacher_model_name_or_path") and "teacher_eval" not in info:
+        found = teacher_metrics(info["teacher_model_name_or_path"])
+        if found:
+            info["teacher_eval"] = found
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, TRAINING_INFO), "w") as f:
+        json.dump(info, f, indent=2, sort_keys=True, default=str)
+
+
+def read_training_info(model_dir: str) -> Dict:
+    path = os.path.join(model_dir, TRAINING_INFO)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
+def _roots(model_path: Optional[str]) -> Tuple[str, ...]:
+    """Where relative paths of a record may resolve at export time: beside the run folder, and one level up."""
+    if not model_path:
+        return ()
+    parent = os.path.dirname(os.path.abspath(model_path))
+    return (parent, os.path.dirname(parent))
+
+
+def hub_ids(info: Dict, model_path: Optional[str] = None) -> Dict[str, str]:
+    """The record's Hub ids: as recorded while training, else (an old record) a cautious guess (``user/name`` only,
+    and nothing that exists on disk beside the run folder)."""
+    from .models.lora import hub_repo_id
+
+    if isinstance(info.get("hub_ids"), dict):
+        return {k: v for k, v in info["hub_ids"].items() if isinstance(v, str) and v}
+    roots = _roots(model_path)
+    return {k: v for k in HUB_KEYS if (v := hub_repo_id(info.get(k), roots, allow_single=False))}
+
+
+def public_training_info(info: Dict, model_path: Optional[str] = None) -> Dict:
+    """The record as published with the export: local paths replaced by ``(local)``; no token."""
+    ids = hub_ids(info, model_path)
+    out = {k: v for k, v in info.items() if k != "hub_token"}
+    for key in HUB_KEYS:
+        if out.get(key) and key not in ids:
+            out[key] = LOCAL
+    if isinstance(out.get("run_name"), str) and ("/" in out["run_name"] or os.sep in out["run_name"]):
+        out.pop("run_name")
+    out["hub_ids"] = ids
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ model and processor
+
+
+def load_for_export(model_path: str):
+    """The trained model as a plain ``PreTrainedModel``: a PEFT adapter folder is merged into its base."""
+    from transformers import AutoModelForSemanticSegmentation
+
+    if not os.path.isdir(model_path):
+        raise LADError(f"--model_path {model_path!r} is not a folder; pass the output_dir of a training run")
+    if os.path.isfile(os.path.join(model_path, "adapter_config.json")):
+        from .models.lora import load_merged
+
+        return load_merged(model_path)
+    if not os.path.isfile(os.path.join(model_path, "config.json")):
+        raise LADError(f"{model_path!r} has no config.json (nor adapter_config.json); is it a training output_dir?")
+    return AutoModelForSemanticSegmentation.from_pretrained(model_path)
+
+
+def _size_hw(size) -> Tuple[Optional[int], Optional[int]]:
+    if size is None:
+        return None, None
+    if isinstance(size, dict):
+        return size.get("height"), size.get("width")
+    return getattr(size, "height", None), getattr(size, "width", None)
+
+
+def export_processor(model_path: str, model, info: Optional[Dict] = None):
+    """(image processor, what it does in words): the processor matches how the reported mIoU was measured.
+
+    Evaluation runs on whole images (``--eval_resize`` unset, the default): the processor then keeps each image's size
+    and aspect ratio (``do_resize=False``). With ``--eval_resize N`` it resizes to N x N, as evaluation did. Stock DPT
+    heads need square inputs: their processor keeps its square resize, and the text says so.
+    """
+    from transformers import AutoImageProcessor, SegformerImageProcessor
+
+    from .data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from .models.dinov2 import needs_square_input, patch_size
+
+    info = info or {}
+    try:
+        proc = AutoImageProcessor.from_pretrained(model_path)
+    except (OSError, ValueError):
+        proc = None
+    mean = info.get("image_mean") or getattr(proc, "image_mean", None) or IMAGENET_DEFAULT_MEAN
+    std = info.get("image_std") or getattr(proc, "image_std", None) or IMAGENET_DEFAULT_STD
+    if proc is None or not hasattr(proc, "post_process_semantic_segmentation") or getattr(proc, "do_center_crop", False):
+        h, w = _size_hw(getattr(proc, "size", None))
+        side = getattr(model.config, "image_size", 512)
+        size = {"height": h, "width": w} if isinstance(h, int) and isinstance(w, int) else \
+            {"height": side if isinstance(side, int) else 512, "width": side if isinstance(side, int) else 512}
+        proc = SegformerImageProcessor(size=size, do_reduce_labels=False)
+    proc.image_mean, proc.image_std = [float(v) for v in mean], [float(v) for v in std]
+    norm = (f"rescales to [0, 1] and normalises with mean {[round(v, 3) for v in proc.image_mean]} and std "
+            f"{[round(v, 3) for v in proc.image_std]}")
+    p = patch_size(model.config)
+    resize = info.get("eval_resize")
+    if isinstance(resize, int) and resize > 0:
+        proc.do_resize, proc.size = True, {"height": resize, "width": resize}
+        note = (f"The bundled image processor resizes every image to {resize}×{resize} pixels (the aspect ratio is not "
+                f"kept) and {norm}, as the evaluation did (`--eval_resize {resize}`).")
+        if p:
+            note += f" The evaluation then padded the {resize}×{resize} input (bottom/right) to a multiple of the {p}-pixel patch."
+    elif needs_square_input(model.config):
+        h, w = _size_hw(getattr(proc, "size", None))
+        side = max(v for v in (h, w, 1) if isinstance(v, int))
+        side = int(math.ceil(side / p) * p) if p else side
+        proc.do_resize, proc.size = True, {"height": side, "width": side}
+        note = (f"The bundled image processor resizes every image to {side}×{side} pixels (the aspect ratio is NOT kept: "
+                f"stock DPT segmentation heads need square inputs) and {norm}. The reported mIoU was measured "
+                f"differently: on whole images, each padded (bottom/right) to a square multiple of {p} pixels. To "
+                f"reproduce it, pad instead of resizing and crop the logits back.")
+    else:
+        proc.do_resize = False
+        note = (f"The bundled image processor keeps every image at its own size and aspect ratio (no resize) and "
+                f"{norm}: the reported mIoU was measured the same way, on whole images.")
+        if p:
+            note += (f" The evaluation also padded each image (bottom/right, 0 after normalisation) to a multiple of "
+                     f"the {p}-pixel patch; the processor does not pad, so the backbone then sees only the complete "
+                     f"patches. Pad to a multiple of {p} to reproduce the evaluation exactly.")
+    return proc, note
+
+
+# ------------------------------------------------------------------------------------------------ model card
+
+
+def base_model_license(repo_id: Optional[str], model_path: Optional[str] = None) -> Optional[Tuple[str, Optional[str], Optional[str]]]:
+    """(license, license_name, license_link) of the base model: its card in the local Hub cache, else the card the
+    Trainer wrote into the run folder (it copies the base model's licence), else ``KNOWN_LICENSES``; None when unknown."""
+    from huggingface_hub import ModelCard, try_to_load_from_cache
+
+    if not repo_id:
+        return None
+    cards = [try_to_load_from_cache(repo_id, "README.md")]
+    if model_path:
+        cards.append(os.path.join(model_path, "README.md"))
+    for path in cards:
+        if isinstance(path, str) and os.path.isfile(path):
+            try:
+                data = ModelCard.load(path, ignore_metadata_errors=True).data
+            except Exception:  # noqa: BLE001 - an unreadable card is no licence
+                continue
+            if data.get("license") and data.get("base_model") in (None, repo_id) and "lad_hf" not in (data.get("tags") or []):
+                return data.get("license"), data.get("license_name"), data.get("license_link")
+    return KNOWN_LICENSES.get(repo_id)
+
+
+def _kind(model, info: Dict) -> str:
+    from .models import is_label_assisted
+
+    if is_label_assisted(model) or info.get("label_assisted"):
+        return "teacher"
+    return "distilled" if info.get("teacher_model_name_or_path") else "baseline"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def model_card(model, info: Dict, metrics: Optional[Dict] = None, repo_id: Optional[str] = None,
+               preprocessing: Optional[str] = None, model_path: Optional[str] = None) -> str:
+    """README.md for the Hub: ``ModelCardData`` metadata (library, task, base model, datasets, licence, model-index)
+    and a text that says what kind of model this is, how it was trained and evaluated, and what the processor does."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    metrics = {k: v for k, v in (metrics or info.get("eval_metrics") or {}).items() if _finite(v) is not None}
+    kind = _kind(model, info)
+    ids = hub_ids(info, model_path)
+    base = ids.get("model_name_or_path") if not info.get("config_name") else None
+    dataset = ids.get("dataset_name")
+    teacher = ids.get("teacher_model_name_or_path")
+    model_type = model.config.model_type
+    name = repo_id or {"teacher": f"{model_type}-lad-teacher", "distilled": f"{model_type}-lad-student",
+                       "baseline": f"{model_type}-baseline"}[kind]
+    miou = _finite(metrics.get("eval_mean_iou", metrics.get("mean_iou")))
+    no_label = _finite(metrics.get("eval_mean_iou_no_label"))
+    gain = _finite(metrics.get("eval_label_gain"))
+    if gain is None and miou is not None and no_label is not None:
+        gain = miou - no_label
+    split = info.get("eval_split")
+
+    tags = ["lad_hf", "semantic-segmentation", model_type]
+    tags += {"distilled": ["knowledge-distillation", "label-assisted-distillation"],
+             "teacher": ["label-assisted-teacher"], "baseline": []}[kind]
+    if info.get("lora"):
+        tags.append("lora-merged")
+    results = []
+    if dataset and miou is not None:
+        common = dict(task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=dataset,
+                      dataset_name=dataset, dataset_split=split, dataset_config=info.get("dataset_config_name"),
+                      metric_type="mean_iou")
+        label_note = " (noised label as input)" if kind == "teacher" else ""
+        results.append(EvalResult(metric_value=round(miou, 4), metric_name=f"mIoU{label_note}", **common))
+        if kind == "teacher" and no_label is not None:
+            results.append(EvalResult(metric_value=round(no_label, 4), metric_name="mIoU (label channel 0)", **common))
+    licence = base_model_license(base, model_path)
+    data = ModelCardData(
+        library_name="transformers", pipeline_tag="image-segmentation", tags=tags, base_model=base,
+        datasets=[dataset] if dataset else None, metrics=["mean_iou"] if miou is not None else None,
+        license=licence[0] if licence else None, license_name=licence[1] if licence else None,
+        license_link=licence[2] if licence else None, model_name=name if results else None,
+        eval_results=results or None,
+    )
+
+    k = model.config.num_labels
+    lines = [f"# {name}", ""]
+    if kind == "distilled":
+        lines.append(f"A {model_type} semantic-segmentation model ({k} classes), distilled with lad_hf's Label Assisted "
+                     f"Distillation (LAD) from a {'label-assisted' if info.get('teacher_label_assisted') else 'plain'} "
+                     "teacher. It is a plain transformers model: it needs neither lad_hf nor remote code.")
+    elif kind == "teacher":
+        lines.append(f"A label-assisted teacher for {model_type} semantic segmentation ({k} classes), trained with lad_hf. "
+                     "Its input has one channel more than an image: a noised version of the ground-truth label map. It "
+                     "is meant to teach students (`lad-hf distill --teacher_model_name_or_path ...`); the "
+                     "`image-segmentation` pipeline cannot feed it the label channel.")
+    else:
+        lines.append(f"A {model_type} semantic-segmentation model ({k} classes), trained with lad_hf by supervised "
+                     "cross-entropy alone (a baseline: no teacher). It is a plain transformers model: it needs neither "
+                     "lad_hf nor remote code.")
+    lines.append("")
+    if base:
+        lines.append(f"Initialised from [{base}](https://huggingface.co/{base}).")
+    elif info.get("model_name_or_path") and not info.get("config_name"):
+        lines.append("Initialised from local pretrained weights (not on the Hub).")
+    else:
+        lines.append("Built from a model configuration, without pretrained weights.")
+    if dataset:
+        lines.append(f"Trained on [{dataset}](https://huggingface.co/datasets/{dataset}).")
+    elif info.get("dataset_name"):
+        lines.append("Trained on a local dataset (not on the Hub).")
+    if licence:
+        where = f" ({licence[2]})" if licence[2] else ""
+        lines.append(f"Licence: `{licence[1] or licence[0]}`{where}, that of the base model {base}.")
+    if info.get("lora"):
+        lines.append("Trained with LoRA adapters on a frozen backbone; the adapters are merged into these weights.")
+    lines.append("")
+    if kind != "teacher":
+        lines += ["## Usage", "", "```python", "from transformers import pipeline", "",
+                  f'seg = pipeline("image-segmentation", model="{repo_id or "path/to/this/folder"}")',
+                  'masks = seg("image.jpg")', "```", ""]
+    if preprocessing:
+        lines += ["## Preprocessing", "", preprocessing, ""]
+    if metrics:
+        where = f" on the `{split}` split" if split else ""
+        lines += ["## Evaluation", "", f"Evaluated{where} with lad_hf's streaming mIoU.", ""]
+        if kind == "teacher" and gain is not None:
+            lines += [f"label_gain = {gain:.4f}: mIoU with the noised label as input"
+                      + (f" ({miou:.4f})" if miou is not None else "")
+                      + (f" minus mIoU with the label channel set to 0 ({no_label:.4f})" if no_label is not None else "")
+                      + ". A teacher that ignores its label has label_gain 0.", ""]
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {m} | {v:.4f} |" for m, v in sorted(metrics.items())
+                  if not m.endswith(("_runtime", "_per_second", "epoch"))]
+        lines.append("")
+    if kind == "distilled":
+        lines += ["## How it was distilled", ""]
+        lines.append(f"Teacher: [{teacher}](https://huggingface.co/{teacher})." if teacher
+                     else "Teacher: a local model (not on the Hub).")
+        t_eval = info.get("teacher_eval") or {}
+        if not t_eval and not teacher:
+            t_eval = teacher_metrics(info.get("teacher_model_name_or_path"), _roots(model_path))
+        if info.get("teacher_label_assisted"):
+            t_gain = _finite(t_eval.get("eval_label_gain"))
+            if t_gain is not None:
+                lines.append(f"The teacher's label_gain (its mIoU with the noised label minus with the label channel at "
+                             f"0) was {t_gain:.4f}" + (f"; its mIoU {t_eval['eval_mean_iou']:.4f}"
+                                                         if _finite(t_eval.get("eval_mean_iou")) is not None else "") + ".")
+            else:
+                lines.append("The teacher's label_gain is not known (no evaluation of it was found).")
+        lines += ["", "Loss: L = CE(S(x), y) + μ·D(S(x), T(x, ŷ)), ŷ = Σ_k α_k·Y_k + σ·β the noised label fed to the "
+                  "teacher." if info.get("teacher_label_assisted") else "Loss: L = CE(S(x), y) + μ·D(S(x), T(x)).", ""]
+        keys = ["teacher_label_assisted", "distill_loss", "distill_tau", "distill_weight", "label_sigma", "class_noise",
+                "pixel_noise", "fixed_class_encoding"]
+    else:
+        lines += ["## How it was trained", ""]
+        keys = ["label_sigma", "class_noise", "pixel_noise", "ignore_mode", "dual_path", "consistency_loss",
+                "consistency_weight", "consistency_tau"] if kind == "teacher" else []
+    keys += ["lora", "max_steps", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed",
+             "config_overrides"]
+    rows = [f"| {key} | {_fmt(info[key])} |" for key in keys if info.get(key) is not None]
+    if rows:
+        lines += ["| setting | value |", "|---|---|", *rows, ""]
+    elif not info:
+        lines += ["No lad_hf training record was found next to the weights.", ""]
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))
+
+
+# ------------------------------------------------------------------------------------------------ export and push
+
+
+def export_model(model_path: str, output_dir: str, metrics: Optional[Dict] = None, repo_id: Optional[str] = None,
+                 allow_label_assisted: bool = False) -> str:
+    """Write a stock transformers model folder: safetensors weights, config.json, preprocessor_config.json, README.md."""
+    from .models import image_channels, is_label_assisted
+
+    model = load_for_export(model_path)
+    if is_label_assisted(model) and not allow_label_assisted:
+        raise LADError(
+            f"{model_path!r} is a label-assisted teacher ({image_channels(model.config)} input channels); export the "
+            "distilled student, or pass --allow_label_assisted to export the teacher as is"
+        )
+    info = read_training_info(model_path)
+    info.pop("hub_token", None)
+    os.makedirs(output_dir, exist_ok=True)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    processor, note = export_processor(model_path, model, info)
+    processor.save_pretrained(output_dir)
+    card = model_card(model, info, metrics, repo_id, preprocessing=note, model_path=model_path)
+    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card)
+    if info:
+        write_training_info(output_dir, public_training_info(info, model_path))
+    return output_dir
+
+
+def push_folder(folder: str, repo_id: str, token: Optional[str] = None, private: bool = False,
+                commit_message: str = "Upload a model exported by lad_hf") -> str:
+    """``HfApi.create_repo`` + ``upload_folder``; offline or unreachable Hub -> one clear LADError, folder intact."""
+    from huggingface_hub import HfApi
+
+    if not repo_id:
+        raise LADError("--push_to_hub needs --hub_model_id user/name")
+    if _offline():
+        raise LADError(f"cannot push to {repo_id}: the Hub is offline (HF_HUB_OFFLINE=1); the export in {folder} is intact")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=commit_message)
+    except Exception as e:  # noqa: BLE001 - any network/auth failure becomes one line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LADError(f"cannot push to {repo_id}: {msg}; the export in {folder} is intact") from None
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,186 @@
+"""Checkpoints: which folders are complete, `--resume_from_checkpoint last`, and the noiser's RNG state.
+
+transformers writes a checkpoint in place (weights, optimizer, scheduler, RNG states, then `trainer_state.json`
+last), so a run killed while saving leaves a folder that must not be resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import struct
+from typing import List, Optional
+
+from ..errors import LADError
+
+logger = logging.getLogger(__name__)
+
+NOISER_STATE = "noiser_rng_state_{rank}.safetensors"
+# ``--resume_from_checkpoint`` values meaning "the newest complete checkpoint in --output_dir"
+RESUME_LAST = ("true", "last", "latest", "yes", "1")
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+def _safetensors_problem(path: str) -> Optional[str]:
+    """Why a .safetensors file is unusable (None when its header and size are consistent); reads the header only."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{os.path.basename(path)} is truncated"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return f"{os.path.basename(path)} is truncated"
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            return f"{os.path.basename(path)} is truncated ({size} of {8 + n + end} bytes)"
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"{os.path.basename(path)} is unreadable ({type(e).__name__})"
+    return None
+
+
+def checkpoint_problem(folder: str) -> Optional[str]:
+    """Why ``folder`` cannot be resumed from, or None when it is a complete checkpoint.
+
+    transformers writes a checkpoint in place (weights, optimizer, scheduler, RNG states, then ``trainer_state.json``
+    last), so a run killed while saving leaves a folder without ``trainer_state.json`` or with truncated weights.
+    """
+    if not os.path.isdir(folder):
+        return "not a folder"
+    state = os.path.join(folder, "trainer_state.json")
+    if not os.path.isfile(state):
+        return "no trainer_state.json: the run was stopped while saving it"
+    try:
+        with open(state) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return "trainer_state.json is unreadable"
+    names = os.listdir(folder)
+    if any(n.startswith("pytorch_model_fsdp") for n in names):  # FSDP sharded state dict (torch.distributed.checkpoint)
+        return None
+    index = os.path.join(folder, "model.safetensors.index.json")
+    files: List[str] = []
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError):
+            return "model.safetensors.index.json is unreadable"
+    else:
+        files = [n for n in ("model.safetensors", "adapter_model.safetensors") if n in names]
+    if not files:
+        return "no model.safetensors (or adapter_model.safetensors)"
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        problem = _safetensors_problem(path)
+        if problem:
+            return problem
+    return None
+
+
+def last_complete_checkpoint(output_dir: str) -> Optional[str]:
+    """The newest ``checkpoint-<step>`` folder of ``output_dir`` that :func:`checkpoint_problem` accepts."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(((int(m.group(1)), n) for n in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(n))), reverse=True)
+    for _, name in steps:
+        path = os.path.join(output_dir, name)
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        if os.path.isdir(path):
+            logger.warning("skipping incomplete checkpoint %s (%s)", path, problem)
+    return None
+
+
+class CheckpointMixin:
+    """Trainer overrides for complete-checkpoint resume, weight loading through `from_pretrained`, noiser state."""
+
+    def save_noiser_state(self, folder: str) -> None:
+        if self.noiser is None or self.noiser.generator is None or not os.path.isdir(folder):
+            return
+        from safetensors.torch import save_file
+
+        save_file({"state": self.noiser.get_state()}, os.path.join(folder, NOISER_STATE.format(rank=self.args.process_index)))
+
+    def load_noiser_state(self, folder: str) -> None:
+        path = os.path.join(folder, NOISER_STATE.format(rank=self.args.process_index))
+        if self.noiser is not None and os.path.isfile(path):
+            from safetensors.torch import load_file
+
+            self.noiser.set_state(load_file(path)["state"])
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        # the noiser's generator is part of the RNG state: written (per process) before trainer_state.json, which
+        # transformers writes last, so a checkpoint with trainer_state.json also has the noise state
+        super()._save_rng_state(output_dir)
+        self.save_noiser_state(output_dir)
+
+    def resolve_checkpoint(self, resume_from_checkpoint):
+        """``True``/"true"/"last" -> the newest complete checkpoint; a path -> itself if complete; else LADError."""
+        value = resume_from_checkpoint
+        if value is None or value is False:
+            return None
+        if isinstance(value, str) and value.strip().lower() in ("", "false", "none", "no", "0") and not os.path.isdir(value):
+            return None
+        out = self.args.output_dir
+        if value is True or (isinstance(value, str) and value.strip().lower() in RESUME_LAST and not os.path.isdir(value)):
+            path = last_complete_checkpoint(out)
+            if path is None:
+                raise LADError(f"--resume_from_checkpoint: no complete checkpoint-* folder in {out}; start without it")
+            logger.info("resuming from %s", path)
+            return path
+        value = str(value)
+        if not os.path.isdir(value):
+            raise LADError(f"--resume_from_checkpoint {value!r} is not a folder; pass a checkpoint-* folder or 'last'")
+        problem = checkpoint_problem(value)
+        if problem:
+            parent = os.path.dirname(os.path.abspath(value))
+            good = last_complete_checkpoint(parent)
+            hint = f"; resume from {good} (or pass 'last')" if good and os.path.abspath(good) != os.path.abspath(value) else ""
+            raise LADError(f"checkpoint {value} is incomplete ({problem}){hint}")
+        return value
+
+    def _load_converted_weights(self, folder: str, model) -> bool:
+        """Load a checkpoint's weights through ``from_pretrained``'s key conversion; False when not applicable.
+
+        transformers' resume and best-model paths call ``model.load_state_dict(raw_file, strict=False)``. Models whose
+        weights are renamed on load and reverted on save (SegFormer, DINOv2, ... in transformers 5) then restore
+        *no* weight, with only a warning (huggingface/transformers#43701). Here the checkpoint is read by
+        ``from_pretrained`` and copied in strictly.
+        """
+        from transformers import PreTrainedModel
+
+        base = self.accelerator.unwrap_model(model)
+        if (not isinstance(base, PreTrainedModel) or self.is_fsdp_enabled or self.is_deepspeed_enabled
+                or not any(os.path.isfile(os.path.join(folder, n)) for n in ("model.safetensors", "model.safetensors.index.json"))):
+            return False
+        dtype = next(base.parameters()).dtype
+        loaded = type(base).from_pretrained(folder, config=base.config, dtype=dtype)
+        try:
+            base.load_state_dict(loaded.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise LADError(f"checkpoint {folder} does not fit the model: {str(e).splitlines()[0]}") from None
+        del loaded
+        return True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self._load_converted_weights(resume_from_checkpoint, model if model is not None else self.model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        if not self._load_converted_weights(self.state.best_model_checkpoint, self.model):
+            super()._load_best_model()
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        resume_from_checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
+        if resume_from_checkpoint:
+            self.load_noiser_state(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    # -- NaN/inf guard --------------------------------------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""SegmentationConfig + SegmentationTrainer: plain supervised training (baselines, plain KD teachers, evaluation).
+
+    L = CE(upsample(S(x)), y)   over pixels whose label is not the ignore index
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import TrainingArguments
+
+from ..errors import LADError
+from ..inference import segmentation_logits
+from ..models import image_channels, is_label_assisted
+from .base import LADTrainerBase
+
+
+@dataclass
+class SegmentationConfig(TrainingArguments):
+    r"""
+    Configuration for [`SegmentationTrainer`], and the base of the LAD configs.
+
+    Parameters that control the data:
+        ignore_index (`int`, defaults to `255`): label value of ignored pixels.
+        validate_labels (`bool`, defaults to `True`): check each batch's labels lie in [0, num_labels) or are ignored.
+
+    Defaults that differ from `TrainingArguments`: `remove_unused_columns=False` (the transforms build
+    `pixel_values`/`labels` lazily from the raw columns), `label_names=["labels"]`, `logging_steps=10`, `logging_nan_inf_filter=False` (the trainers stop on a
+    non-finite loss instead, checked without a per-step host sync on accelerators).
+    """
+
+    ignore_index: int = field(default=255, metadata={"help": "Label value of ignored pixels."})
+    validate_labels: bool = field(default=True, metadata={"help": "Check every batch's labels are in [0, num_labels) or ignore."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw columns for the lazy transforms."})
+    label_names: Optional[list[str]] = field(default_factory=lambda: ["labels"], metadata={"help": "Batch keys holding labels."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X steps (or ratio of total steps if < 1)."})
+    eval_window_size: Optional[int] = field(
+        default=None, metadata={"help": "Sliding-window evaluation: window side in pixels (None = whole image)."}
+    )
+    eval_window_stride: Optional[int] = field(
+        default=None, metadata={"help": "Sliding-window stride (default: 2/3 of the window)."}
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Off: lad_hf stops on a non-finite loss instead (and avoids a host sync per step)."}
+    )
+
+    def __getstate__(self):
+        # Pickles of the arguments (transformers' training_args.bin, which push_to_hub uploads) never hold Hub tokens.
+        return {k: (None if k.endswith("_token") and isinstance(v, str) else v) for k, v in self.__dict__.items()}
+
+    def __deepcopy__(self, memo):
+        # deepcopy keeps the token (only pickles drop it)
+        import copy
+
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
+
+
+class SegmentationTrainer(LADTrainerBase):
+    """Plain segmentation training and streaming-mIoU evaluation of a 3-channel model."""
+
+    def __init__(self, model=None, args: SegmentationConfig = None, **kwargs):
+        if not isinstance(args, SegmentationConfig):
+            raise LADError(f"{type(self).__name__} needs a SegmentationConfig, got {type(args).__name__}")
+        if is_label_assisted(model):
+            raise LADError("this model is label-assisted; train/evaluate it with LADTeacherTrainer (lad-hf teacher)")
+        super().__init__(model=model, args=args, **kwargs)
+        self.image_channels = image_channels(model.config)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        x, y = inputs["pixel_values"], inputs["labels"]
+        self.check_batch(model, x, y, self.image_channels)
+        logits = segmentation_logits(model, x)
+        loss = self.seg_loss(logits, y)
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def eval_forward(self, model, inputs):
+        x, y = inputs["pixel_values"], inputs["labels"]
+        self.check_batch(model, x, y, self.image_channels)
+        logits = self.eval_logits(model, x)
+        return None, logits, {}
