@@ -76,21 +76,24 @@ ROW_ORDER = ("plain", "lad", "cwd", "teacher_1", "teacher_2", "eval", "raw", "co
 
 # ------------------------------------------------------------------------------------------------ model configs
 
-#: SegFormer encoder/decoder sizes (the MiT variants); B0 is ``SegformerConfig()``'s default.
-SEGFORMER_SIZES: Dict[str, Dict[str, Any]] = {
-    "b0": dict(depths=[2, 2, 2, 2], hidden_sizes=[32, 64, 160, 256], decoder_hidden_size=256),
-    "b2": dict(depths=[3, 4, 6, 3], hidden_sizes=[64, 128, 320, 512], decoder_hidden_size=768),
-    "b5": dict(depths=[3, 6, 40, 3], hidden_sizes=[64, 128, 320, 512], decoder_hidden_size=768),
-    # test-only sizes: tiny student / slightly bigger tiny teacher
-    "tiny": dict(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], patch_sizes=[7, 3],
-                 strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], decoder_hidden_size=16),
-    "tiny_big": dict(num_encoder_blocks=2, depths=[2, 2], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
-                     strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], decoder_hidden_size=32),
+from lad_hf.fashion_scenes.experiments import MODEL_PRESETS, cpu_name  # noqa: E402
+from lad_hf.fashion_scenes.experiments import machine_info as _base_machine_info  # noqa: E402
+
+#: The MiT encoder/decoder shapes of the GPU-sized teachers; every other size is a ``MODEL_PRESETS`` entry
+#: (``tiny``, ``small``, ``medium``, ``b0``, ``b0-wide``, ``b1``), the one preset table of the package.
+_LARGE_SEGFORMERS: Dict[str, Dict[str, Any]] = {
+    "b2": dict(num_encoder_blocks=4, depths=[3, 4, 6, 3], sr_ratios=[8, 4, 2, 1], hidden_sizes=[64, 128, 320, 512],
+               num_attention_heads=[1, 2, 5, 8], mlp_ratios=[4, 4, 4, 4], decoder_hidden_size=768),
+    "b5": dict(num_encoder_blocks=4, depths=[3, 6, 40, 3], sr_ratios=[8, 4, 2, 1], hidden_sizes=[64, 128, 320, 512],
+               num_attention_heads=[1, 2, 5, 8], mlp_ratios=[4, 4, 4, 4], decoder_hidden_size=768),
 }
+assert not set(_LARGE_SEGFORMERS) & set(MODEL_PRESETS)
+#: Every SegFormer size a row can use: ``MODEL_PRESETS`` plus B2/B5.
+SEGFORMER_SIZES: Dict[str, Dict[str, Any]] = {**MODEL_PRESETS, **_LARGE_SEGFORMERS}
 
 
 def segformer(size: str, num_labels: int, seed: int = 0):
-    """A randomly initialised ``SegformerForSemanticSegmentation`` of one of :data:`SEGFORMER_SIZES`."""
+    """A randomly initialised ``SegformerForSemanticSegmentation`` of one of :data:`SEGFORMER_SIZES` (seeded)."""
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
     torch.manual_seed(seed)
@@ -155,7 +158,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
     p.add_argument("--eval_images", type=int, help="size of the eval set (row 'eval')")
     p.add_argument("--num_workers", type=int, help="dataloader_num_workers (default 4 on CUDA, 1 on CPU)")
     p.add_argument("--no_bf16", action="store_true", help="fp32 on CUDA (bf16 autocast is the default there)")
-    p.add_argument("--cwd_teacher", choices=["b5", "b2", "b0"], help="conventional-KD teacher (default b5; b2 with --quick)")
+    p.add_argument("--cwd_teacher", choices=sorted(SEGFORMER_SIZES), help="conventional-KD teacher (default b5; b2 with --quick)")
     p.add_argument("--compile", action="store_true", help="also run the torch.compile rows on CPU")
     p.add_argument("--no_compile", action="store_true", help="skip the torch.compile rows on CUDA")
     p.add_argument("--compile_steps", type=int)
@@ -542,10 +545,43 @@ def _numpy_confusion(preds: np.ndarray, labels: np.ndarray, k: int) -> np.ndarra
     return cm
 
 
-def bench_miou(n: int, height: int, width: int, k: int, reps: int = 3, seed: int = 0) -> Dict[str, Any]:
-    """``StreamingMeanIoU.update`` mask by mask vs a bare numpy per-image bincount, on int64 maps [n, H, W]
-    (the dtype of the collator's labels and of ``argmax``); both timed here, best of ``reps``."""
-    from lad_hf.metrics import StreamingMeanIoU
+def load_metrics_before(ref: Optional[str]):
+    """An earlier ``lad_hf/metrics.py`` as a module (``lad_hf._metrics_before``), for before/after timings.
+
+    ``ref`` is a file, or a git revision of this checkout (``git show REV:lad_hf/metrics.py``). Returns
+    ``(module, description)``, or ``(None, reason)`` when it cannot be loaded (e.g. no ``.git`` on the GPU copy)."""
+    import importlib.util
+    import subprocess
+
+    if not ref:
+        return None, "no earlier version given (--miou_before)"
+    path, desc = ref, ref
+    if not os.path.isfile(ref):
+        try:
+            text = subprocess.run(["git", "-C", _REPO, "show", f"{ref}:lad_hf/metrics.py"], check=True,
+                                  capture_output=True, text=True).stdout
+        except (OSError, subprocess.CalledProcessError) as err:
+            return None, f"cannot read lad_hf/metrics.py at {ref!r}: {str(err).splitlines()[0] if str(err) else err}"
+        fd, path = tempfile.mkstemp(prefix="lad_metrics_before_", suffix=".py")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        desc = f"git {ref}:lad_hf/metrics.py"
+    spec = importlib.util.spec_from_file_location("lad_hf._metrics_before", path)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "lad_hf"  # its relative imports (.errors) resolve in the installed package
+    spec.loader.exec_module(module)
+    return module, desc
+
+
+def bench_miou(n: int, height: int, width: int, k: int, reps: int = 3, seed: int = 0, before=None,
+               before_desc: str = "") -> Dict[str, Any]:
+    """``StreamingMeanIoU.update`` one mask per call and all masks in one call, against a bare numpy per-image
+    ``bincount`` confusion matrix, on int64 maps [n, H, W] (the dtype of the collator's labels and of ``argmax``).
+
+    Every method runs once per repetition, interleaved, so load drift on a shared machine hits all alike; the
+    medians over ``reps`` are reported (the minima are in the JSON). ``before``: an earlier ``lad_hf.metrics``
+    module (see :func:`load_metrics_before`), timed the same way."""
+    from lad_hf import metrics as after
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, k, (n, height, width), dtype=np.int64)
@@ -553,35 +589,41 @@ def bench_miou(n: int, height: int, width: int, k: int, reps: int = 3, seed: int
     preds = rng.integers(0, k, (n, height, width), dtype=np.int64)
     lt, pt = torch.from_numpy(labels), torch.from_numpy(preds)
 
-    def streaming():
-        m = StreamingMeanIoU(k, ignore_index=255)
+    def per_mask(mod):
+        m = mod.StreamingMeanIoU(k, ignore_index=255)
         for i in range(n):
             m.update(pt[i], lt[i])
         return m.confusion.numpy()
 
-    def streaming_batched():
-        m = StreamingMeanIoU(k, ignore_index=255)
+    def batched(mod):
+        m = mod.StreamingMeanIoU(k, ignore_index=255)
         m.update(pt, lt)
         return m.confusion.numpy()
 
-    def numpy_ref():
-        return _numpy_confusion(preds, labels, k)
-
-    out: Dict[str, Any] = {"masks": n, "height": height, "width": width, "num_labels": k, "reps": reps,
-                           "torch_threads": torch.get_num_threads()}
-    results = {}
-    for name, fn in (("numpy_bincount_s", numpy_ref), ("streaming_s", streaming), ("streaming_batched_s", streaming_batched)):
-        cm = fn()  # warm-up (and the value checked below)
-        times = []
-        for _ in range(max(1, reps)):
+    methods: Dict[str, Callable[[], np.ndarray]] = {
+        "numpy_bincount_s": lambda: _numpy_confusion(preds, labels, k),
+        "streaming_s": lambda: per_mask(after),
+        "streaming_batched_s": lambda: batched(after),
+    }
+    if before is not None:
+        methods["before_streaming_s"] = lambda: per_mask(before)
+        methods["before_streaming_batched_s"] = lambda: batched(before)
+    out: Dict[str, Any] = {"masks": n, "height": height, "width": width, "num_labels": k, "reps": max(1, reps),
+                           "torch_threads": torch.get_num_threads(), "before": before_desc if before is not None else None}
+    results = {name: fn() for name, fn in methods.items()}  # warm-up, and the values checked below
+    times: Dict[str, List[float]] = {name: [] for name in methods}
+    for _ in range(max(1, reps)):
+        for name, fn in methods.items():
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-        out[name] = min(times)
-        results[name] = cm
-    out["same_confusion"] = bool(np.array_equal(results["numpy_bincount_s"], results["streaming_s"])
-                                 and np.array_equal(results["numpy_bincount_s"], results["streaming_batched_s"]))
+            times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        out[name] = statistics.median(ts)
+        out[name[:-2] + "_min_s"] = min(ts)
+    ref = results["numpy_bincount_s"]
+    out["same_confusion"] = bool(all(np.array_equal(ref, cm) for cm in results.values()))
     out["ratio_streaming_vs_numpy"] = out["streaming_s"] / out["numpy_bincount_s"]
+    out["ratio_batched_vs_per_mask"] = out["streaming_batched_s"] / out["streaming_s"]
     out["evaluate_mean_iou_reference_s"] = EVALUATE_MEAN_IOU_REFERENCE_S
     out["evaluate_mean_iou_reference_note"] = "from the issue; not measured here"
     del labels, preds, lt, pt
@@ -609,6 +651,7 @@ def evaluate_targets(cfg: BenchConfig, rows: Dict[str, Row], miou: Optional[Dict
         ("teacher dual / single path", _ratio(rows, "teacher_2", "teacher_1"), "<=", 1.55, None),
         ("Trainer plain / raw loop", _ratio(rows, "plain", "raw"), "<=", 1.10, None),
         ("StreamingMeanIoU / numpy bincount", miou["ratio_streaming_vs_numpy"] if miou else None, "<=", 2.0, None),
+        ("StreamingMeanIoU one call / per mask", miou["ratio_batched_vs_per_mask"] if miou else None, "<=", 1.0, None),
     ]
     out = []
     for name, value, op, limit, na in checks:
@@ -662,44 +705,45 @@ def format_targets(targets: List[Dict[str, Any]]) -> str:
 def format_miou(m: Optional[Dict[str, Any]]) -> str:
     if not m:
         return "(mIoU micro-benchmark not run)"
-    return (
-        f"StreamingMeanIoU.update over {m['masks']} masks {m['height']}x{m['width']}, {m['num_labels']} classes "
-        f"(int64, CPU, {m['torch_threads']} torch threads, best of {m['reps']}):\n\n"
-        f"| method | seconds | ratio vs numpy |\n|---|---:|---:|\n"
-        f"| numpy per-image bincount (measured) | {m['numpy_bincount_s']:.3f} | 1.00 |\n"
-        f"| StreamingMeanIoU.update per mask (measured) | {m['streaming_s']:.3f} | {m['ratio_streaming_vs_numpy']:.2f} |\n"
-        f"| StreamingMeanIoU.update, one call for all masks (measured) | {m['streaming_batched_s']:.3f} | "
-        f"{m['streaming_batched_s'] / m['numpy_bincount_s']:.2f} |\n"
-        f"| evaluate `mean_iou` (reference from the issue, NOT measured here) | {m['evaluate_mean_iou_reference_s']:.2f} | "
-        f"{m['evaluate_mean_iou_reference_s'] / m['numpy_bincount_s']:.1f} |\n\n"
-        f"Identical confusion matrices: {m['same_confusion']}."
-    )
+    base = m["numpy_bincount_s"]
+    rows = [("numpy per-image bincount (measured)", "numpy_bincount_s")]
+    if m.get("before_streaming_s") is not None:
+        rows += [(f"before ({m['before']}): update per mask", "before_streaming_s"),
+                 (f"before ({m['before']}): update, one call for all masks", "before_streaming_batched_s")]
+    rows += [("StreamingMeanIoU.update per mask (measured)", "streaming_s"),
+             ("StreamingMeanIoU.update, one call for all masks (measured)", "streaming_batched_s")]
+    lines = [f"StreamingMeanIoU.update over {m['masks']} masks {m['height']}x{m['width']}, {m['num_labels']} classes "
+             f"(int64, CPU, {m['torch_threads']} torch threads; median of {m['reps']} interleaved repetitions):", "",
+             "| method | seconds | min s | ratio vs numpy |", "|---|---:|---:|---:|"]
+    for name, key in rows:
+        lines.append(f"| {name} | {m[key]:.3f} | {m.get(key[:-2] + '_min_s', m[key]):.3f} | {m[key] / base:.2f} |")
+    lines.append(f"| evaluate `mean_iou` (reference from the issue, NOT measured here) | "
+                 f"{m['evaluate_mean_iou_reference_s']:.2f} | — | {m['evaluate_mean_iou_reference_s'] / base:.1f} |")
+    lines += ["", f"One call for all masks / one call per mask: {m['ratio_batched_vs_per_mask']:.2f}. "
+              f"Identical confusion matrices: {m['same_confusion']}."]
+    return "\n".join(lines)
 
 
 def machine_info(cfg: BenchConfig) -> Dict[str, Any]:
-    import transformers
-
+    """``lad_hf.fashion_scenes.experiments.machine_info`` plus what the report needs (datasets, affinity, CUDA)."""
     try:
         import datasets
 
         ds_version = datasets.__version__
-    except ImportError:  # pragma: no cover
+    except ImportError:  # pragma: no cover - the GPU image has no datasets unless the wheels are installed
         ds_version = None
-    from lad_hf.fashion_scenes.experiments import cpu_name as _cpu_name
-
-    cpu_name = _cpu_name()
-    info = {
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "datasets": ds_version, "platform": platform.platform(), "cpu": cpu_name, "cpu_count": os.cpu_count(),
+    info: Dict[str, Any] = dict(_base_machine_info())
+    info.update({
+        "datasets": ds_version, "platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(), "device": cfg.device,
-    }
+    })
     if cfg.cuda:
         info["device_name"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
         info["device_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     else:
-        info["device_name"] = f"CPU: {cpu_name}"
+        info["device_name"] = f"CPU: {info['cpu']}"
     return info
 
 

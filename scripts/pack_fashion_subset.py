@@ -1,12 +1,17 @@
-"""Pack Fashion-MNIST for the GPU machine (64 MiB carry limit): train images not used by the first N train scenes
-are zeroed (they compress to nothing); the test split is copied whole. Scenes built from it are identical.
+"""Pack a Fashion-MNIST subset: every image not used by the first scenes is zeroed (zeros compress to nothing).
 
-    python scripts/pack_fashion_subset.py --num_train 8000 --output_dir .data
+The files keep the full idx shapes (60000 / 10000 images), so scenes built from the subset are identical to
+scenes built from the full dataset, for the scenes it covers.
+
+    # the tests' fixture (committed under tests/fixtures/fashion-mnist, MIT-licensed data)
+    python scripts/pack_fashion_subset.py --num_train 48 --num_eval 48 --seeds 0 1 --extra_per_class 3 \
+        --output_dir tests/fixtures/fashion-mnist
+    # the GPU machine's copy (64 MiB carry limit)
+    python scripts/pack_fashion_subset.py --num_train 8000 --num_eval 5000 --output_dir .data
 """
 import argparse
 import gzip
 import os
-import shutil
 import struct
 
 import numpy as np
@@ -16,24 +21,36 @@ from lad_hf.fashion_scenes import load_fashion_mnist, scene_layout
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--num_train", type=int, default=8000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_train", type=int, default=8000, help="train scenes covered (per seed)")
+    p.add_argument("--num_eval", type=int, default=None, help="validation and test scenes covered (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--extra_per_class", type=int, default=0, help="also keep the first n train images of each class")
     p.add_argument("--output_dir", default=".data")
     p.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
     a = p.parse_args()
-    images, labels = load_fashion_mnist(a.source)["train"]
-    used = {it.fashion_index for i in range(a.num_train) for it in scene_layout("train", i, seed=a.seed).items}
-    keep = np.zeros(len(images), bool)
-    keep[sorted(used)] = True
-    packed = np.where(keep[:, None, None], images, 0).astype(np.uint8)
+    data = load_fashion_mnist(a.source)
+    keep = {split: np.zeros(len(data[split][0]), bool) for split in ("train", "test")}
+    for seed in a.seeds:
+        for split, n in (("train", a.num_train), ("validation", a.num_eval), ("test", a.num_eval)):
+            if n is None:
+                keep["test"][:] = True
+                continue
+            for i in range(n):
+                for item in scene_layout(split, i, seed=seed).items:
+                    keep[item.fashion_split][item.fashion_index] = True
+    for c in range(10):
+        keep["train"][np.flatnonzero(data["train"][1] == c)[: a.extra_per_class]] = True
     os.makedirs(a.output_dir, exist_ok=True)
-    with gzip.open(os.path.join(a.output_dir, "train-images-idx3-ubyte.gz"), "wb", compresslevel=9) as f:
-        f.write(struct.pack(">IIII", 2051, len(images), 28, 28) + packed.tobytes())
-    with gzip.open(os.path.join(a.output_dir, "train-labels-idx1-ubyte.gz"), "wb") as f:
-        f.write(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(os.path.join(a.source, name), os.path.join(a.output_dir, name))
-    print(f"kept {keep.sum()} of {len(images)} train items")
+    names = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+    for split, (img_name, lab_name) in names.items():
+        images, labels = data[split]
+        packed = np.where(keep[split][:, None, None], images, 0).astype(np.uint8)
+        with gzip.GzipFile(os.path.join(a.output_dir, img_name), "wb", compresslevel=9, mtime=0) as f:
+            f.write(struct.pack(">IIII", 2051, len(images), 28, 28) + packed.tobytes())
+        with gzip.GzipFile(os.path.join(a.output_dir, lab_name), "wb", compresslevel=9, mtime=0) as f:
+            f.write(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
+        print(f"{split}: kept {keep[split].sum()} of {len(images)} images")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 # tiny models: one intra-op thread is fastest and avoids oversubscribing 2 cores (also for subprocesses)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the embedded-data tests bring their own data: a committed Fashion-MNIST subset (tests/fixtures/fashion-mnist)
+FASHION_MNIST_FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "fashion-mnist")
+os.environ["LAD_FASHION_MNIST_DIR"] = FASHION_MNIST_FIXTURE
 
 import numpy as np
 import pytest

@@ -55,6 +55,21 @@ def _cell_path(cell) -> Optional[str]:
     return None
 
 
+def _decode_cell(decode, cell, where: str, what: str):
+    """``decode(cell)``; a failure -> :class:`LADError` prefixed with ``where``, naming the file that failed."""
+    try:
+        return decode(cell)
+    except LADError as e:
+        raise LADError(f"{where}: {e}") from None
+    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as e:  # PIL: truncated / unidentified files
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        path = _cell_path(cell) if what == "mask" else None  # the image's file is already in `where`
+        raise LADError(
+            f"{where}: cannot decode the {what}{f' {path}' if path else ''} ({reason}); fix or remove the file, or "
+            "pass --skip_bad_samples to skip such rows"
+        ) from None
+
+
 def _resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:
     if label.shape == (h, w):
         return label
@@ -125,22 +140,14 @@ class _BaseTransform:
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
     def _decode(self, image_cell, label_cell, where: str) -> Tuple[PILImage.Image, Optional[np.ndarray]]:
-        try:
-            image = load_image(image_cell)
-            label = None
-            if label_cell is not None or self._columns[1] is not None:
-                label = decode_mask(
-                    label_cell, self.label_colors, self.do_reduce_labels, self.ignore_index,
-                    label_map=self.label_map,
-                )
-        except LADError as e:
-            raise LADError(f"{where}: {e}") from None
-        except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as e:  # PIL: truncated / unidentified files
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise LADError(
-                f"{where}: cannot decode the image or mask ({reason}); fix or remove the file, or pass "
-                "--skip_bad_samples to skip such rows"
-            ) from None
+        image = _decode_cell(load_image, image_cell, where, "image")
+        label = None
+        if label_cell is not None or self._columns[1] is not None:
+            label = _decode_cell(
+                lambda cell: decode_mask(cell, self.label_colors, self.do_reduce_labels, self.ignore_index,
+                                         label_map=self.label_map),
+                label_cell, where, "mask",
+            )
         if label is not None and label.shape != (image.size[1], image.size[0]):
             raise LADError(
                 f"{where}: image is {image.size[1]}x{image.size[0]} (HxW) but its mask is "
@@ -169,9 +176,9 @@ class _BaseTransform:
         split = self.split or "dataset"
         for i, (image_cell, label_cell) in enumerate(zip(images, labels)):
             where = f"{split} row {rows[i]}" if rows is not None else f"{split} sample {i} of a batch"
-            files = [p for p in (_cell_path(image_cell), _cell_path(label_cell)) if p]
-            if files:
-                where += f" ({', '.join(files)})"
+            path = _cell_path(image_cell)
+            if path:
+                where += f" ({path})"
             try:
                 image, label = self._decode(image_cell, label_cell, where)
                 sample = self._sample(image, label)

@@ -1,0 +1,237 @@
+"""CLI faults (issues 11 and 14): every bad invocation is one stderr line, `lad-hf <cmd>: error: ...`, exit code 2.
+
+In-process `lad_hf.cli.main([...])` runs on tiny real SegFormers and a real parquet dataset. Where a check must
+happen before anything loads, the dataset path does not exist: a check that ran later would report the dataset.
+"""
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_SEGFORMER_OVERRIDES, tiny_segformer, write_parquet_dataset
+from lad_hf.cli import main
+
+TINY = ["--config_name", "segformer", "--config_overrides", TINY_SEGFORMER_OVERRIDES]
+FAST = ["--crop_size", "32", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2",
+        "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_parquet_dataset(tmp_path_factory.mktemp("faults_cli") / "data", n_train=4, n_val=2)
+
+
+def _one_line_error(capsys, argv, *expect):
+    """Exit code 2 and exactly one stderr line, `lad-hf <cmd>: error: ...`, holding every `expect` string."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith(f"lad-hf {argv[0]}: error: "), err[0]
+    for e in expect:
+        assert e in err[0], err[0]
+    return err[0]
+
+
+def _save_segformer(path, num_channels=3, label_assisted=False):
+    """A real tiny SegFormer folder; `num_channels` builds the stem with that many input channels."""
+    from transformers import SegformerForSemanticSegmentation
+
+    from lad_hf.models import add_label_channel
+
+    cfg = tiny_segformer().config
+    cfg.num_channels = num_channels
+    model = SegformerForSemanticSegmentation(cfg)
+    if label_assisted:
+        add_label_channel(model)
+    model.save_pretrained(path)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------- A. user experience
+
+
+def test_abbreviated_flag_is_an_error_not_the_full_option(capsys, tmp_path):
+    # argparse used to expand --max_step to --max_steps silently (the run then failed on the missing dataset)
+    missing = ["--dataset_name", str(tmp_path / "none"), "--output_dir", str(tmp_path / "o")]
+    _one_line_error(capsys, ["teacher", *missing, "--max_step", "7"],
+                    "unknown argument --max_step; did you mean --max_steps?")
+    _one_line_error(capsys, ["train", *missing, "--learn", "0.1"], "unknown argument --learn; did you mean --learning_rate")
+
+
+def test_command_help_lists_config_then_own_options_then_training_arguments(capsys):
+    capsys.readouterr()
+    assert main(["teacher", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: lad-hf teacher [--config recipe.yaml]"), out[:200]
+    pos = {k: out.index(k) for k in ("--config ", "--label_sigma", "--consistency_weight", "--crop_size",
+                                     "--model_name_or_path", "--learning_rate", "--per_device_train_batch_size")}
+    assert pos["--config "] < pos["--model_name_or_path"] < pos["--crop_size"] < pos["--label_sigma"]
+    assert max(pos["--label_sigma"], pos["--consistency_weight"]) < pos["--per_device_train_batch_size"]
+    assert pos["--label_sigma"] < pos["--learning_rate"]
+    assert pos["--consistency_weight"] < out.index("\nTrainingArguments:\n") < pos["--learning_rate"]
+    capsys.readouterr()
+    assert main(["distill", "-h"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: lad-hf distill") and out.index("--distill_loss") < out.index("--learning_rate")
+    assert out.index("--lora_r") < out.index("--learning_rate")
+
+
+def test_evaluate_without_output_dir_writes_nothing(tmp_path, monkeypatch, capsys, data):
+    model = _save_segformer(tmp_path / "model")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    tmp_before = set(os.listdir(tempfile.gettempdir()))
+    run = ["evaluate", "--model_name_or_path", model, "--dataset_name", str(data), "--use_cpu", "true",
+           "--report_to", "none", "--disable_tqdm", "true", "--per_device_eval_batch_size", "2"]
+    capsys.readouterr()
+    assert main(run) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= metrics["eval_mean_iou"] <= 1
+    assert os.listdir(cwd) == []  # no trainer_output/ in the working directory
+    assert not [p for p in set(os.listdir(tempfile.gettempdir())) - tmp_before if p.startswith("lad-hf-evaluate-")]
+    # with --output_dir the metrics are saved there
+    assert main(run + ["--output_dir", str(tmp_path / "ev")]) == 0
+    assert "eval_mean_iou" in json.loads((tmp_path / "ev" / "eval_results.json").read_text())
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_torchvision_fallback_notice_is_not_printed(tmp_path, monkeypatch, capsys, data):
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        pytest.skip("torchvision is installed: transformers has no PIL fallback to announce")
+    # a fresh process: the processor class not yet resolved by transformers' lazy module, its warn-once cache empty
+    monkeypatch.delattr(transformers, "SegformerImageProcessor", raising=False)
+    logging.Logger.warning_once.cache_clear()
+    records = _Records()
+    logging.getLogger("transformers").addHandler(records)
+    try:
+        model = _save_segformer(tmp_path / "model")  # no preprocessor_config.json: export builds a SegFormer one
+        assert main(["export", "--model_path", model, "--output_dir", str(tmp_path / "exported")]) == 0
+        assert main(["train", "--dataset_name", str(data), *TINY, *FAST, "--max_steps", "1", "--eval_strategy", "no",
+                     "--output_dir", str(tmp_path / "o")]) == 0
+    finally:
+        logging.getLogger("transformers").removeHandler(records)
+    assert (tmp_path / "exported" / "preprocessor_config.json").is_file()
+    assert not [m for m in records.messages if "torchvision" in m], records.messages
+
+
+# ---------------------------------------------------------------------------------------------------- B4. recipe value types
+
+
+@pytest.mark.parametrize("line, expect", [
+    ("learning_rate: true", "learning_rate: true is not a number"),  # a bool must not become lr 1.0
+    ("max_steps: 2.5", "max_steps: 2.5 is not an integer"),
+    ("learning_rate: null", "learning_rate: null is not a number; delete the line"),
+    ("crop_size: 64.7", "crop_size: 64.7 is not an integer"),
+    ("learning_rate: fast", 'learning_rate: "fast" is not a number'),  # was a 139-line usage dump
+    ("eval_strategy: no", 'eval_strategy: false is not one of "no", "steps", "epoch"; YAML reads yes/no'),  # quote it
+    ("image_mean: 0.5", "image_mean: 0.5 is not a list of numbers"),
+    ("consistency_loss: l7", 'consistency_loss: "l7" is not one of "cwd", "kl", "mse"'),
+])
+def test_recipe_value_of_the_wrong_type_is_refused_before_anything_loads(tmp_path, capsys, line, expect):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"dataset_name: {tmp_path / 'no_such_data'}\n{line}\n")
+    _one_line_error(capsys, ["teacher", "--config", str(recipe), *TINY, "--output_dir", str(tmp_path / "o")],
+                    f"recipe {str(recipe)!r}: {expect}")
+
+
+def test_recipe_values_are_read_as_the_command_line_reads_them(tmp_path):
+    from lad_hf.cli import parse_args
+    from lad_hf.data import DataArguments
+    from lad_hf.models import ModelArguments
+    from lad_hf.trainers import LADTeacherConfig
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 1e-4\nnum_train_epochs: 2\ndataset_config_name: 2017\nclass_noise: null\n"
+                      "pixel_noise: 'no'\nimage_mean: [0, 0.5, 1]\nmax_steps: '7'\nlabel_names: [labels]\n")
+    _, data_args, args = parse_args([ModelArguments, DataArguments, LADTeacherConfig],
+                                    ["--config", str(recipe), "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"])
+    assert args.learning_rate == 1e-4 and args.num_train_epochs == 2.0 and isinstance(args.num_train_epochs, float)
+    assert data_args.dataset_config_name == "2017"  # a str field: the number is read as the CLI reads "2017"
+    assert args.class_noise is None and args.pixel_noise is False and args.max_steps == 7
+    assert data_args.image_mean == [0.0, 0.5, 1.0] and args.label_names == ["labels"]
+
+
+# ---------------------------------------------------------------------------------------------------- B8. input channels
+
+
+def test_distill_refuses_a_teacher_that_does_not_take_rgb_before_loading(tmp_path, capsys, data):
+    missing = ["--dataset_name", str(tmp_path / "no_such_data"), *TINY, *FAST, "--output_dir", str(tmp_path / "o")]
+    one = _save_segformer(tmp_path / "gray_teacher", num_channels=1)
+    _one_line_error(capsys, ["distill", *missing, "--teacher_model_name_or_path", one],
+                    f"teacher {one!r} takes 1 input channel", "RGB")
+    four = _save_segformer(tmp_path / "rgba_teacher", num_channels=4)
+    _one_line_error(capsys, ["distill", *missing, "--teacher_model_name_or_path", four],
+                    f"teacher {four!r} takes 4 input channels", "label_assisted: true", "lad-hf teacher")
+    # a real label-assisted teacher (3 + 1 channels) passes the check and distils
+    lad = _save_segformer(tmp_path / "lad_teacher", label_assisted=True)
+    assert main(["distill", "--dataset_name", str(data), *TINY, *FAST, "--max_steps", "1", "--eval_strategy", "no",
+                 "--output_dir", str(tmp_path / "student"), "--teacher_model_name_or_path", lad]) == 0
+    assert json.loads((tmp_path / "student" / "lad_training_info.json").read_text())["teacher_label_assisted"] is True
+
+
+def test_teacher_and_train_refuse_a_model_whose_stem_is_not_rgb(tmp_path, capsys, data):
+    gray = ["--config_name", "segformer", "--config_overrides", TINY_SEGFORMER_OVERRIDES + ",num_channels=1"]
+    run = ["--dataset_name", str(data), *gray, *FAST, "--max_steps", "1", "--output_dir", str(tmp_path / "o")]
+    _one_line_error(capsys, ["teacher", *run], "takes 1 input channel (config num_channels=1)", "RGB")
+    _one_line_error(capsys, ["train", *run], "takes 1 input channel (config num_channels=1)", "RGB")
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- B9. I/O errors
+
+
+def test_output_dir_under_a_file_is_one_line_naming_the_path(tmp_path, capsys, data):
+    blocker = tmp_path / "somefile"
+    blocker.write_text("not a folder")
+    out = str(blocker / "out")
+    run = ["--dataset_name", str(data), *TINY, *FAST, "--max_steps", "1", "--output_dir", out]
+    for cmd in ("train", "teacher"):
+        _one_line_error(capsys, [cmd, *run], f"--output_dir {out!r} cannot be created: {str(blocker)!r} is a file")
+    model = _save_segformer(tmp_path / "model")
+    _one_line_error(capsys, ["evaluate", "--model_name_or_path", model, "--dataset_name", str(data), "--use_cpu", "true",
+                             "--output_dir", out], f"{str(blocker)!r} is a file")
+    # export has no pre-flight check: the OSError of the real write is caught at the CLI boundary
+    _one_line_error(capsys, ["export", "--model_path", model, "--output_dir", out],
+                    f"I/O error at {out!r}", f"({str(blocker)!r} is a file, not a folder)")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only (0o500) folders")
+def test_read_only_output_dir_is_one_line(tmp_path, capsys, data):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        _one_line_error(capsys, ["train", "--dataset_name", str(data), *TINY, *FAST, "--max_steps", "1",
+                                 "--output_dir", str(ro / "out")], "is not writable", repr(str(ro)))
+    finally:
+        ro.chmod(0o700)
+
+
+def test_teacher_path_errors_name_the_path(tmp_path, capsys):
+    missing = ["--dataset_name", str(tmp_path / "no_such_data"), *TINY, *FAST, "--output_dir", str(tmp_path / "o")]
+    empty = tmp_path / "empty_teacher"
+    empty.mkdir()
+    _one_line_error(capsys, ["distill", *missing, "--teacher_model_name_or_path", str(empty)],
+                    f"--teacher_model_name_or_path {str(empty)!r} has no config.json", "lad-hf teacher")
+    nowhere = str(tmp_path / "no" / "such" / "teacher")
+    _one_line_error(capsys, ["distill", *missing, "--teacher_model_name_or_path", nowhere],
+                    f"--teacher_model_name_or_path {nowhere!r} does not exist")
+    _one_line_error(capsys, ["distill", *missing, "--teacher_model_name_or_path", "someone/teacher"],
+                    "cannot read the config of teacher 'someone/teacher': no such folder here, and as a Hub id")
