@@ -137,8 +137,12 @@ class Lab:
             ev = E.evaluate_plain(tr, self.data)
             out = {"test_miou": 100 * ev["test"]["mean_iou"], "val_miou": 100 * ev["validation"]["mean_iou"],
                    "test_mkl_x100": ev["test"].get("mkl_x100"), "seconds": time.perf_counter() - t}
+            if "label_gain" in ev["test"]:  # label use: mIoU minus mIoU with the label channel set to 0
+                out["test_label_gain"] = 100 * ev["test"]["label_gain"]
+                out["val_label_gain"] = 100 * ev["validation"]["label_gain"]
             self.cache[key] = (m, out, spec)
-            self.log(f"  LAD teacher[{model} {opts}] seed {seed}: test {out['test_miou']:.1f} mKL {out['test_mkl_x100']}")
+            self.log(f"  LAD teacher[{model} {opts}] seed {seed}: test {out['test_miou']:.1f} "
+                     f"label gain {out.get('test_label_gain', float('nan')):+.1f} mKL {out['test_mkl_x100']}")
         return self.cache[key]
 
     def student(self, seed: int, teacher, teacher_opts: dict, model: Optional[str] = None, tag: str = "") -> dict:
@@ -159,7 +163,7 @@ TEACHER_FIELDS = ("model", "label_sigma", "class_noise", "pixel_noise", "dual_pa
 
 
 def _noise_opts(spec: E.RunSpec) -> dict:
-    return dict(label_sigma=spec.label_sigma, class_noise=spec.class_noise, pixel_noise=spec.pixel_noise)
+    return spec.noise_settings()
 
 
 def build_rows(lab: Lab, sz: dict) -> List[dict]:
@@ -186,7 +190,8 @@ def build_rows(lab: Lab, sz: dict) -> List[dict]:
 
     row("Tab. 1", f"CWD student ({S} <- plain {T})", {"test_miou": PAPER["cwd_student"], "gain_vs_baseline": "+1.4",
                                                      "oracle_test_miou": "-"}, main_seeds, cwd_student)
-    row("Tab. 1", f"LAD teacher ({S}+label, σ=0.01)", {"test_miou": PAPER["lad_teacher"], "test_mkl_x100": "3.4"},
+    row("Tab. 1", f"LAD teacher ({S}+label, σ=0.01)", {"test_miou": PAPER["lad_teacher"], "test_label_gain": "-",
+                                                       "test_mkl_x100": "3.4"},
         main_seeds, lambda s: lab.lad_teacher(s)[1])
 
     def lad_student(s, **topts):
@@ -215,7 +220,7 @@ def build_rows(lab: Lab, sz: dict) -> List[dict]:
         lambda s: lad_student(s, class_noise=False, label_sigma=0.0))
 
     # ---- Tab. 8 consistency
-    row("Tab. 8", "LAD teacher without consistency (λ=0)", {"test_miou": "-", "test_mkl_x100": PAPER["tab8_mkl_nocons"]},
+    row("Tab. 8", "LAD teacher without consistency (λ=0)", {"test_miou": "-", "test_label_gain": "-", "test_mkl_x100": PAPER["tab8_mkl_nocons"]},
         grid_seeds, lambda s: lab.lad_teacher(s, consistency_weight=0.0)[1])
     row("Tab. 8", "LAD student, teacher without consistency", {"test_miou": PAPER["tab8_student_nocons"],
                                                                "gain_vs_baseline": "-"},
@@ -238,7 +243,7 @@ def build_rows(lab: Lab, sz: dict) -> List[dict]:
             opts = {"class_noise": class_noise, "label_sigma": sigma}
             cn = "on" if class_noise else "off"
             row("Tab. 9", f"teacher σ={sigma:g}, class noise {cn}",
-                {"test_miou": str(TAB9_TEACHER[class_noise][sigma]), "test_mkl_x100": "-"}, grid_seeds,
+                {"test_miou": str(TAB9_TEACHER[class_noise][sigma]), "test_label_gain": "-", "test_mkl_x100": "-"}, grid_seeds,
                 lambda s, o=opts: lab.lad_teacher(s, **o)[1])
             row("Tab. 9", f"student σ={sigma:g}, class noise {cn}",
                 {"test_miou": str(TAB9_STUDENT[class_noise][sigma]), "val_miou": "-", "gain_vs_baseline": "-"},

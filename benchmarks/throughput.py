@@ -38,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import gc
@@ -135,6 +136,17 @@ class BenchConfig:
     output: Optional[str] = None
     seed: int = 0
     command: str = ""
+    rows: Optional[str] = None  # table rows to run (comma-separated ROW_ORDER keys; None: all)
+    # --proxy / --cpu_proxy
+    proxy: bool = False
+    rounds: int = 3
+    variants: Optional[str] = None  # comma-separated PROXY_VARIANTS keys; None: all
+    breakdown: bool = True
+    profile: bool = True
+    trace_dir: Optional[str] = None
+    miou_before: Optional[str] = None
+    clock: str = "wall"  # proxy step clock: "wall" (perf_counter) or "cpu" (the main thread's CPU time)
+    summarize: Optional[List[str]] = None
 
     @property
     def cuda(self) -> bool:
@@ -165,10 +177,37 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
     p.add_argument("--miou_masks", type=int, default=50)
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads (default on CPU: CPUs available minus DataLoader workers, >= 1)")
-    p.add_argument("--output", help="markdown report (default benchmarks/results/throughput_<device>[_quick].md)")
+    p.add_argument("--output", help="markdown report (default benchmarks/results/throughput_<device>[_quick|_proxy].md)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", help=f"table rows to run, comma-separated from {','.join(ROW_ORDER)} (default: all; "
+                                  "compile_off/compile_on go together)")
+    p.add_argument("--student", choices=sorted(SEGFORMER_SIZES))
+    p.add_argument("--lad_teacher", choices=sorted(SEGFORMER_SIZES))
+    g = p.add_argument_group("overhead proxy (Trainer vs raw loop, ablations, host-time breakdown, profiler)")
+    g.add_argument("--proxy", action="store_true", help="run the overhead proxy on --device at the table's sizes")
+    g.add_argument("--cpu_proxy", action="store_true",
+                   help="the proxy on CPU with a tiny SegFormer where host overhead dominates: tiny student and "
+                        "teacher, 64x64, batch 4, 1 thread, no DataLoader workers, 5 rounds; report "
+                        "benchmarks/results/throughput_cpu_proxy.md, profile_cpu_proxy.md")
+    g.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 5 with --cpu_proxy)")
+    g.add_argument("--variants", help="comma-separated proxy variants (default: all): " + ",".join(PROXY_VARIANTS))
+    g.add_argument("--no_breakdown", action="store_true", help="skip the per-phase host-time breakdown")
+    g.add_argument("--no_profile", action="store_true", help="skip the torch.profiler step profiles")
+    g.add_argument("--trace_dir", help="also write the profiled steps as gzipped Chrome traces here")
+    g.add_argument("--miou_before", help="earlier lad_hf/metrics.py (file or git revision) timed beside the current "
+                                         "one (default with --cpu_proxy: b6a1101)")
+    g.add_argument("--clock", choices=sorted(CLOCKS), help="proxy step clock: wall (default; CUDA) or the main "
+                   "thread's CPU time (default with --cpu_proxy: 1 thread, no workers, robust to a shared machine)")
+    g.add_argument("--miou_height", type=int)
+    g.add_argument("--miou_width", type=int)
+    g.add_argument("--miou_reps", type=int)
+    p.add_argument("--summarize", nargs="+", metavar="JSON", help="print a short table of earlier runs' JSON files and exit")
     a = p.parse_args(argv)
 
+    if a.cpu_proxy:
+        if a.device == "cuda":
+            p.error("--cpu_proxy runs on CPU; use --proxy --device cuda")
+        a.device, a.proxy = "cpu", True
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch.cuda.is_available() is False")
@@ -178,17 +217,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
         cfg.eval_images, cfg.unique_images, cfg.cwd_teacher = 4, 4, "b2"
         cfg.compile_size, cfg.compile_batch_size, cfg.compile_steps, cfg.compile_warmup = 96, 8, 6, 3
     cfg.num_workers = 4 if device == "cuda" else 1
+    if a.proxy:
+        cfg.proxy, cfg.eval_images, cfg.steps, cfg.warmup = True, 1, 12, 4
+    if a.cpu_proxy:
+        cfg.student, cfg.lad_teacher, cfg.height, cfg.width, cfg.batch_size = "tiny", "tiny", 64, 64, 4
+        cfg.steps, cfg.warmup, cfg.rounds, cfg.num_workers, cfg.threads = 20, 5, 5, 0, 1
+        cfg.unique_images, cfg.miou_reps, cfg.miou_before, cfg.clock = 8, 5, "b6a1101", "cpu"
     for name in ("height", "width", "batch_size", "num_labels", "steps", "warmup", "eval_images", "num_workers",
-                 "cwd_teacher", "compile_steps", "output"):
+                 "cwd_teacher", "compile_steps", "output", "rows", "student", "lad_teacher", "rounds", "variants",
+                 "trace_dir", "miou_before", "miou_height", "miou_width", "miou_reps", "threads", "clock"):
         if getattr(a, name, None) is not None:
             setattr(cfg, name, getattr(a, name))
     cfg.bf16 = not a.no_bf16
     cfg.compile = (device == "cuda" and not a.no_compile) or a.compile
-    cfg.miou_masks, cfg.seed, cfg.threads = a.miou_masks, a.seed, a.threads
-    if a.quick:
+    cfg.miou_masks, cfg.seed = a.miou_masks, a.seed
+    cfg.breakdown, cfg.profile = not a.no_breakdown, not a.no_profile
+    if a.quick and a.miou_reps is None:
         cfg.miou_reps = 2
-    if cfg.steps < 1 or cfg.warmup < 0 or cfg.batch_size < 1:
-        p.error("--steps must be >= 1, --warmup >= 0, --batch_size >= 1")
+    if cfg.steps < 1 or cfg.warmup < 0 or cfg.batch_size < 1 or cfg.rounds < 1:
+        p.error("--steps and --rounds must be >= 1, --warmup >= 0, --batch_size >= 1")
+    if cfg.rows:
+        bad = [r for r in cfg.rows.split(",") if r.strip() not in ROW_ORDER]
+        if bad:
+            p.error(f"unknown --rows {bad}; choose from {','.join(ROW_ORDER)}")
+    cfg.summarize = a.summarize
     cfg.command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
     return cfg
 
@@ -263,21 +315,32 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+#: The clocks a step can be timed with: wall time, or the calling thread's CPU time. With one intra-op thread
+#: and no DataLoader workers every CPU step runs on the main thread, and its CPU time leaves out the time the OS
+#: gives a shared machine's cores to other processes (the 2-core CI machines run several jobs at once).
+CLOCKS: Dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
 class StepTimer(TrainerCallback):
-    """Records ``perf_counter`` at every step's begin and end (after ``torch.cuda.synchronize()`` on CUDA)."""
+    """Records ``perf_counter`` (and the thread's CPU time) at every step's begin and end (after
+    ``torch.cuda.synchronize()`` on CUDA)."""
 
     def __init__(self, device: str):
         self.device = device
         self.begin: List[float] = []
         self.end: List[float] = []
+        self.cpu_begin: List[float] = []
+        self.cpu_end: List[float] = []
 
     def on_step_begin(self, args, state, control, **kwargs):
         _sync(self.device)
         self.begin.append(time.perf_counter())
+        self.cpu_begin.append(time.thread_time())
 
     def on_step_end(self, args, state, control, **kwargs):
         _sync(self.device)
         self.end.append(time.perf_counter())
+        self.cpu_end.append(time.thread_time())
 
 
 class RSSSampler:
@@ -407,13 +470,15 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def bench_plain_and_eval(cfg, train_ds, eval_ds, collator, out_dir) -> Tuple[Row, Row]:
+def bench_plain_and_eval(cfg, train_ds, eval_ds, collator, out_dir, with_eval: bool = True):
     from lad_hf import SegmentationConfig, SegmentationTrainer
 
     args = SegmentationConfig(**_train_kwargs(cfg, out_dir, cfg.batch_size, cfg.warmup + cfg.steps))
     trainer = SegmentationTrainer(model=segformer(cfg.student, cfg.num_labels, cfg.seed), args=args,
                                   train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator)
     plain = time_train(cfg, Row("plain", f"plain student ({cfg.student.upper()})", cfg.batch_size), trainer, cfg.warmup)
+    if not with_eval:
+        return plain
 
     ev = Row("eval", f"evaluate ({cfg.student.upper()}, {len(eval_ds)} images)", cfg.batch_size)
     _quiet(trainer)
@@ -631,6 +696,763 @@ def bench_miou(n: int, height: int, width: int, k: int, reps: int = 3, seed: int
     return out
 
 
+# ------------------------------------------------------------------------------------------------ overhead proxy
+#
+# ``--cpu_proxy`` (``--proxy`` on any device): the Trainer's per-step overhead over a raw PyTorch loop doing the
+# same work, for the plain and the LAD path, with the candidate causes switched off one at a time, all measured
+# interleaved in one process; then a per-phase host-time breakdown of each path and a torch.profiler profile of one
+# plain and one LAD Trainer step.
+
+P_GPU_WAIT = "wait for the device (sync at the step boundary)"
+P_FETCH = "data: fetch (decode + transforms, to device)"
+P_COLLATE = "data: collate"
+P_CHECK = "batch checks (shape, check_labels)"
+P_TRAIN_MODE = "model.train() module walk"
+P_FORWARD = "student forward"
+P_TEACHER_EVAL = "teacher.eval() module walk"
+P_NOISER = "noiser (label channel)"
+P_TEACHER = "teacher forward"
+P_SEG_LOSS = "loss: segmentation CE"
+P_DIST_LOSS = "loss: distillation (CWD)"
+P_RECORD = "loss-part logging (record)"
+P_GUARD = "non-finite guard (isfinite, .item() on CPU)"
+P_BACKWARD = "backward"
+P_CLIP = "clip grad norm"
+P_OPTIM = "optimizer step"
+P_SCHED = "lr scheduler step"
+P_ZERO = "zero_grad"
+P_CALLBACKS = "Trainer: callback events"
+P_LOGCHECK = "Trainer: log/save/evaluate check"
+P_OTHER = "other (Trainer glue: training_step, accelerate, state)"
+PHASE_ORDER = (P_GPU_WAIT, P_FETCH, P_COLLATE, P_CHECK, P_TRAIN_MODE, P_FORWARD, P_TEACHER_EVAL, P_NOISER, P_TEACHER,
+               P_SEG_LOSS, P_DIST_LOSS, P_RECORD, P_GUARD, P_BACKWARD, P_CLIP, P_OPTIM, P_SCHED, P_ZERO, P_CALLBACKS,
+               P_LOGCHECK, P_OTHER)
+
+
+class PhaseTimer:
+    """Exclusive host time per named phase, step by step.
+
+    :meth:`wrap` replaces one instance's method (or callable attribute) by a timed one. Phases nest, and a phase's
+    time excludes the phases nested in it, so the phases of a step add up to at most the step's time; the rest is
+    :data:`P_OTHER`. :meth:`boundary` closes a step (after ``torch.cuda.synchronize()``, timed as
+    :data:`P_GPU_WAIT`, on CUDA). With ``ranges=True`` every phase is also a ``torch.profiler.record_function``
+    range, and ``on_boundary`` (e.g. ``profiler.step``) runs at every boundary."""
+
+    def __init__(self, device: str = "cpu", ranges: bool = False, on_boundary: Optional[Callable[[], None]] = None,
+                 clock: str = "wall"):
+        self.device = device
+        self.clock = CLOCKS[clock]
+        self.ranges = ranges
+        self.on_boundary = on_boundary
+        self.steps: List[Dict[str, float]] = []  # exclusive seconds per phase, one dict per closed step
+        self.totals: List[float] = []  # seconds from one boundary to the next
+        self._cur: Dict[str, float] = {}
+        self._stack: List[List[float]] = []
+        self._last: Optional[float] = None
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        frame = [0.0]
+        self._stack.append(frame)
+        rf = torch.profiler.record_function(name) if self.ranges else contextlib.nullcontext()
+        t0 = self.clock()
+        try:
+            with rf:
+                yield
+        finally:
+            elapsed = self.clock() - t0
+            self._stack.pop()
+            self._cur[name] = self._cur.get(name, 0.0) + elapsed - frame[0]
+            if self._stack:
+                self._stack[-1][0] += elapsed
+
+    def wrap(self, obj: Any, attr: str, name: str) -> bool:
+        fn = getattr(obj, attr, None)
+        if fn is None or getattr(fn, "_lad_phase", None) is self:
+            return False
+        timer = self
+
+        def timed(*args, **kwargs):
+            with timer.phase(name):
+                return fn(*args, **kwargs)
+
+        timed._lad_phase = self  # type: ignore[attr-defined]
+        setattr(obj, attr, timed)
+        return True
+
+    def boundary(self) -> None:
+        if self.device == "cuda" and self._last is not None:
+            with self.phase(P_GPU_WAIT):
+                torch.cuda.synchronize()
+        now = self.clock()
+        if self._last is not None:
+            self.steps.append(self._cur)
+            self.totals.append(now - self._last)
+        self._cur = {}
+        self._last = now
+        if self.on_boundary is not None:
+            self.on_boundary()
+
+    def summary(self, skip: int = 0) -> Dict[str, Any]:
+        """Median ms per phase over the closed steps after ``skip``, the median step total, and ``other``."""
+        steps, totals = self.steps[skip:] or self.steps[-1:], self.totals[skip:] or self.totals[-1:]
+        names = sorted({k for s in steps for k in s}, key=lambda k: PHASE_ORDER.index(k) if k in PHASE_ORDER else 99)
+        phases = {k: statistics.median([s.get(k, 0.0) for s in steps]) * 1e3 for k in names}
+        other = [t - sum(s.values()) for s, t in zip(steps, totals)]
+        phases[P_OTHER] = statistics.median(other) * 1e3 if other else 0.0
+        return {"steps": len(steps), "total_ms": statistics.median(totals) * 1e3 if totals else None,
+                "phases_ms": phases}
+
+
+class _InstrumentCallback(TrainerCallback):
+    """Times the optimizer and scheduler steps, which the Trainer creates inside ``train()``."""
+
+    def __init__(self, timer: PhaseTimer):
+        self.timer = timer
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if optimizer is not None:
+            self.timer.wrap(optimizer, "step", P_OPTIM)
+        if lr_scheduler is not None:
+            self.timer.wrap(lr_scheduler, "step", P_SCHED)
+
+
+def instrument_trainer(trainer, timer: PhaseTimer) -> None:
+    """Wrap the per-step work of a lad_hf trainer in :class:`PhaseTimer` phases (instance attributes only; the
+    trainer classes are untouched). The step boundary is the start of the Trainer's batch fetch."""
+    fetch = trainer.get_batch_samples
+
+    def timed_fetch(*args, **kwargs):
+        timer.boundary()
+        with timer.phase(P_FETCH):
+            return fetch(*args, **kwargs)
+
+    trainer.get_batch_samples = timed_fetch
+    timer.wrap(trainer, "data_collator", P_COLLATE)  # runs here only with dataloader_num_workers=0
+    model = trainer.model
+    timer.wrap(trainer, "check_batch", P_CHECK)
+    timer.wrap(model, "train", P_TRAIN_MODE)
+    timer.wrap(model, "forward", P_FORWARD)
+    timer.wrap(model, "zero_grad", P_ZERO)
+    timer.wrap(trainer, "seg_loss", P_SEG_LOSS)
+    timer.wrap(trainer, "record", P_RECORD)
+    timer.wrap(trainer, "_flag_non_finite", P_GUARD)
+    timer.wrap(trainer.accelerator, "backward", P_BACKWARD)
+    timer.wrap(trainer.accelerator, "clip_grad_norm_", P_CLIP)
+    timer.wrap(trainer, "_maybe_log_save_evaluate", P_LOGCHECK)
+    for event in ("on_step_begin", "on_step_end", "on_pre_optimizer_step", "on_optimizer_step", "on_substep_end"):
+        timer.wrap(trainer.callback_handler, event, P_CALLBACKS)
+    teacher = getattr(trainer, "teacher", None)
+    if teacher is not None:
+        timer.wrap(teacher, "forward", P_TEACHER)
+        timer.wrap(teacher, "eval", P_TEACHER_EVAL)
+        timer.wrap(trainer.distill, "forward", P_DIST_LOSS)
+    if getattr(trainer, "noiser", None) is not None:
+        timer.wrap(trainer.noiser, "assist", P_NOISER)
+    trainer.add_callback(_InstrumentCallback(timer))
+
+
+# ---- the two paths as raw loops
+
+
+class RawLoop:
+    """The work of one Trainer step without the Trainer: same model/init, data (``DataLoader`` over the same
+    dataset and collator), optimizer class and kwargs, LR schedule, gradient clipping, losses, autocast; for LAD
+    the same label-assisted teacher (cast like the trainer does), noiser options and distillation loss."""
+
+    def __init__(self, cfg: BenchConfig, path: str, train_ds, collator, out_dir: str, max_steps: int):
+        from torch.utils.data import DataLoader
+        from transformers import Trainer, get_scheduler
+
+        from lad_hf import LADDistillationConfig, SegmentationConfig, add_label_channel
+        from lad_hf.losses import build_loss
+        from lad_hf.noising import LabelNoiser
+
+        self.cfg, self.path = cfg, path
+        self.device = torch.device(cfg.device)
+        config_cls = LADDistillationConfig if path == "lad" else SegmentationConfig
+        args = config_cls(**_train_kwargs(cfg, out_dir, cfg.batch_size, max_steps))
+        self.args = args
+        self.model = segformer(cfg.student, cfg.num_labels, cfg.seed).to(self.device).train()
+        opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, self.model)
+        self.opt = opt_cls([p for p in self.model.parameters() if p.requires_grad], **opt_kwargs)
+        self.sched = get_scheduler(args.lr_scheduler_type, self.opt, num_warmup_steps=args.get_warmup_steps(max_steps),
+                                   num_training_steps=max_steps)
+        self.teacher = self.noiser = self.distill = None
+        if path == "lad":
+            dtype = torch.bfloat16 if cfg.use_bf16 else None
+            teacher = add_label_channel(segformer(cfg.lad_teacher, cfg.num_labels, cfg.seed + 1)).requires_grad_(False)
+            self.teacher = teacher.to(device=self.device, dtype=dtype).eval()
+            args.resolve_noise({})
+            gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003)
+            self.noiser = LabelNoiser.from_args(args, cfg.num_labels, generator=gen)
+            self.distill = build_loss(args.distill_loss, args.distill_tau)
+        workers = int(cfg.num_workers)
+        self.loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collator,
+                                 num_workers=workers, pin_memory=cfg.cuda, persistent_workers=workers > 0,
+                                 drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
+        self.amp = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cfg.use_bf16)
+
+    def _batches(self):
+        while True:
+            yield from self.loader
+
+    def run(self, n_steps: int, timer: Optional[PhaseTimer] = None) -> Dict[str, List[float]]:
+        """``n_steps`` steps; returns ``perf_counter`` and thread CPU time at each step's begin and end (after the
+        batch is on the device, like the Trainer's ``on_step_begin``; synchronised on CUDA)."""
+        from lad_hf.losses import segmentation_loss
+
+        ph = timer.phase if timer is not None else (lambda name: contextlib.nullcontext())
+        dev, cuda, args = self.device, self.cfg.cuda, self.args
+        begin, end, cpu_begin, cpu_end = [], [], [], []
+        batches = self._batches()
+        for _ in range(n_steps):
+            if timer is not None:
+                timer.boundary()
+            with ph(P_FETCH):
+                batch = next(batches)
+                x = batch["pixel_values"].to(dev, non_blocking=cuda)
+                y = batch["labels"].to(dev, non_blocking=cuda)
+            _sync(self.cfg.device)
+            begin.append(time.perf_counter())
+            cpu_begin.append(time.thread_time())
+            with self.amp:
+                with ph(P_FORWARD):
+                    s = self.model(pixel_values=x).logits
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        with ph(P_NOISER):
+                            xt = self.noiser.assist(x, y)
+                        with ph(P_TEACHER):
+                            t = self.teacher(pixel_values=xt.to(next(self.teacher.parameters()).dtype)).logits
+                with ph(P_SEG_LOSS):
+                    loss = segmentation_loss(s, y, args.ignore_index)
+                if self.teacher is not None:
+                    with ph(P_DIST_LOSS):
+                        loss = loss + args.distill_weight * self.distill(s, t)
+            with ph(P_BACKWARD):
+                loss.backward()
+            if args.max_grad_norm and args.max_grad_norm > 0:
+                with ph(P_CLIP):
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            with ph(P_OPTIM):
+                self.opt.step()
+            with ph(P_SCHED):
+                self.sched.step()
+            with ph(P_ZERO):
+                self.model.zero_grad(set_to_none=True)
+            _sync(self.cfg.device)
+            end.append(time.perf_counter())
+            cpu_end.append(time.thread_time())
+        if timer is not None:
+            timer.boundary()
+        return {"begin": begin, "end": end, "cpu_begin": cpu_begin, "cpu_end": cpu_end}
+
+
+# ---- variants and ablations
+
+#: Per-step work that can be switched off on one trainer instance (benchmark-only monkeypatches).
+def _ablate(trainer, what: str) -> None:
+    import types
+
+    from transformers import Trainer
+
+    if what == "nonfinite":
+        trainer._flag_non_finite = lambda value, name: None
+    elif what == "check_labels":
+        trainer.args.validate_labels = False
+    elif what == "record":
+        trainer.record = lambda **parts: None
+    elif what == "teacher_eval":
+        teacher = trainer.teacher
+        teacher.eval = lambda: teacher
+    elif what == "model_train":
+        model = trainer.model
+        model.train = lambda mode=True: model
+    elif what == "default_flops":
+        trainer.floating_point_ops = types.MethodType(Trainer.floating_point_ops, trainer)
+    else:  # pragma: no cover
+        raise ValueError(what)
+
+
+ABLATIONS: Dict[str, str] = {
+    "nonfinite": "non-finite guard off (isfinite + where per step; on CPU also check_non_finite's .item())",
+    "check_labels": "per-step check_labels off (validate_labels=False; a bool(any()) host sync)",
+    "record": "loss-part logging off (record: 2 detach/float/add per step)",
+    "teacher_eval": "per-step teacher.eval() off (a walk over the teacher's modules)",
+    "model_train": "per-step model.train() off (transformers' training_step walks the student's modules)",
+    "default_flops": "transformers' floating_point_ops instead of lad_hf's 0 (what the override saves)",
+}
+LAD_EXTRAS = ("nonfinite", "check_labels", "record", "teacher_eval")
+
+#: name -> (path, kind, ablations)
+PROXY_VARIANTS: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
+    "plain": ("plain", "trainer", ()),
+    "plain_raw": ("plain", "raw", ()),
+    "lad": ("lad", "trainer", ()),
+    "lad_raw": ("lad", "raw", ()),
+    "plain-extras": ("plain", "trainer", ("nonfinite", "check_labels")),
+    "lad-extras": ("lad", "trainer", LAD_EXTRAS),
+    "lad-nonfinite": ("lad", "trainer", ("nonfinite",)),
+    "lad-check_labels": ("lad", "trainer", ("check_labels",)),
+    "lad-record": ("lad", "trainer", ("record",)),
+    "lad-teacher_eval": ("lad", "trainer", ("teacher_eval",)),
+    "lad-model_train": ("lad", "trainer", ("model_train",)),
+    "lad+default_flops": ("lad", "trainer", ("default_flops",)),
+}
+PROXY_DEFAULT_VARIANTS = tuple(PROXY_VARIANTS)
+
+
+def _variant_label(name: str) -> str:
+    path, kind, abl = PROXY_VARIANTS[name]
+    base = f"{'LAD' if path == 'lad' else 'plain'} {'raw loop' if kind == 'raw' else 'Trainer'}"
+    if not abl:
+        return base
+    if set(abl) == set(LAD_EXTRAS) or (path == "plain" and set(abl) == {"nonfinite", "check_labels"}):
+        return f"{base}, all lad_hf per-step extras off ({', '.join(abl)})"
+    return f"{base}, " + "; ".join(ABLATIONS[a] for a in abl)
+
+
+def build_proxy_trainer(cfg: BenchConfig, path: str, train_ds, collator, out_dir: str, max_steps: int,
+                        ablations: Sequence[str] = ()):
+    from lad_hf import (LADDistillationConfig, LADDistillationTrainer, SegmentationConfig, SegmentationTrainer,
+                        add_label_channel)
+
+    # logging as in a real run (every 10 steps; the printer is removed), no saving or evaluation
+    kw = _train_kwargs(cfg, out_dir, cfg.batch_size, max_steps, logging_strategy="steps", logging_steps=10)
+    student = segformer(cfg.student, cfg.num_labels, cfg.seed)
+    if path == "lad":
+        teacher = add_label_channel(segformer(cfg.lad_teacher, cfg.num_labels, cfg.seed + 1))
+        trainer = LADDistillationTrainer(model=student, teacher_model=teacher, args=LADDistillationConfig(**kw),
+                                         train_dataset=train_ds, data_collator=collator)
+    else:
+        trainer = SegmentationTrainer(model=student, args=SegmentationConfig(**kw), train_dataset=train_ds,
+                                      data_collator=collator)
+    for what in ablations:
+        _ablate(trainer, what)
+    return _quiet(trainer)
+
+
+def _median(xs: Sequence[float]) -> Optional[float]:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return statistics.median(xs) if xs else None
+
+
+def run_proxy_rounds(cfg: BenchConfig, variants: Sequence[str], train_ds, collator, out_dir: str,
+                     log: Callable[[str], None]) -> Dict[str, Any]:
+    """Every variant ``cfg.rounds`` times, interleaved (the order rotates each round); per round the median
+    ms/step over the timed steps; paired per-round differences for the comparisons."""
+    n_steps = cfg.warmup + cfg.steps
+    # raw loops persist across rounds; a trainer is built afresh for every run (outside the timing): a second
+    # train() of one trainer would let accelerate wrap the model's forward in autocast once more under bf16
+    raw = {name: RawLoop(cfg, PROXY_VARIANTS[name][0], train_ds, collator, out_dir, n_steps)
+           for name in variants if PROXY_VARIANTS[name][1] == "raw"}
+    per_round: Dict[str, List[Dict[str, float]]] = {name: [] for name in variants}
+    order = list(variants)
+    for r in range(cfg.rounds):
+        rot = order[r % len(order):] + order[: r % len(order)]
+        for name in rot:
+            path, kind, abl = PROXY_VARIANTS[name]
+            if kind == "raw":
+                t = raw[name].run(n_steps)
+            else:
+                trainer = build_proxy_trainer(cfg, path, train_ds, collator, out_dir, n_steps, abl)
+                timer = StepTimer(cfg.device)
+                trainer.add_callback(timer)
+                trainer.train()
+                _sync(cfg.device)
+                t = {"begin": timer.begin, "end": timer.end, "cpu_begin": timer.cpu_begin, "cpu_end": timer.cpu_end}
+                del trainer
+                _free_memory()
+            wall = _finish_row(Row(name, name, cfg.batch_size), t["begin"], t["end"], cfg.warmup)
+            cpu = _finish_row(Row(name, name, cfg.batch_size), t["cpu_begin"], t["cpu_end"], cfg.warmup)
+            row = cpu if cfg.clock == "cpu" else wall
+            per_round[name].append({"ms_step": row.ms_step, "ms_min": row.ms_min, "ms_wall": wall.ms_wall,
+                                    "ms_step_wall": wall.ms_step, "ms_step_cpu": cpu.ms_step})
+        log(f"[proxy] round {r + 1}/{cfg.rounds}: " + ", ".join(
+            f"{n} {per_round[n][-1]['ms_step']:.2f}" for n in variants))
+    del raw
+    _free_memory()
+
+    out: Dict[str, Any] = {"variants": {}, "comparisons": [], "ablations": []}
+    for name in variants:
+        steps = [x["ms_step"] for x in per_round[name]]
+        out["variants"][name] = {
+            "label": _variant_label(name), "ms_step": _median(steps), "ms_step_rounds": steps,
+            "ms_min": min(x["ms_min"] for x in per_round[name]), "ms_wall": _median([x["ms_wall"] for x in per_round[name]]),
+            "ms_step_wall": _median([x["ms_step_wall"] for x in per_round[name]]),
+            "ms_step_cpu": _median([x["ms_step_cpu"] for x in per_round[name]]),
+        }
+
+    def paired(a: str, b: str) -> Optional[Dict[str, Any]]:
+        if a not in per_round or b not in per_round:
+            return None
+        da = [x["ms_step"] for x in per_round[a]]
+        db = [x["ms_step"] for x in per_round[b]]
+        diffs = [p - q for p, q in zip(da, db)]
+        ratios = [p / q for p, q in zip(da, db)]
+        return {"a": a, "b": b, "diff_ms": _median(diffs), "diff_ms_range": [min(diffs), max(diffs)],
+                "ratio": _median(ratios), "ratio_range": [min(ratios), max(ratios)]}
+
+    for a, b, what in (("plain", "plain_raw", "Trainer / raw loop, plain path"),
+                       ("lad", "lad_raw", "Trainer / raw loop, LAD path"),
+                       ("lad", "plain", "LAD / plain, Trainer"),
+                       ("lad_raw", "plain_raw", "LAD / plain, raw loops"),
+                       ("plain-extras", "plain_raw", "Trainer without lad_hf extras / raw loop, plain path"),
+                       ("lad-extras", "lad_raw", "Trainer without lad_hf extras / raw loop, LAD path")):
+        c = paired(a, b)
+        if c is not None:
+            c["what"] = what
+            out["comparisons"].append(c)
+    trainer_overhead = {p: (paired(p, f"{p}_raw") or {}).get("diff_ms") for p in ("plain", "lad")}
+    for name in variants:
+        path, kind, abl = PROXY_VARIANTS[name]
+        if kind != "trainer" or not abl:
+            continue
+        c = paired(path, name)
+        if c is None:
+            continue
+        c["what"] = _variant_label(name)
+        c["saves_ms"] = c.pop("diff_ms")
+        c["saves_ms_range"] = c.pop("diff_ms_range")
+        ov = trainer_overhead.get(path)
+        c["share_of_trainer_overhead"] = (c["saves_ms"] / ov) if ov else None
+        out["ablations"].append(c)
+    return out
+
+
+def run_proxy_breakdown(cfg: BenchConfig, train_ds, collator, out_dir: str, log: Callable[[str], None],
+                        rounds: int = 2) -> Dict[str, Any]:
+    """Per-phase host time (median ms per step) of the plain and LAD Trainer steps and their raw loops."""
+    n_steps = cfg.warmup + cfg.steps
+    timers: Dict[str, List[PhaseTimer]] = {k: [] for k in ("plain", "plain_raw", "lad", "lad_raw")}
+    for r in range(rounds):
+        for key in timers:
+            path = key.split("_")[0]
+            timer = PhaseTimer(cfg.device, clock=cfg.clock)
+            if key.endswith("_raw"):
+                RawLoop(cfg, path, train_ds, collator, out_dir, n_steps).run(n_steps, timer)
+            else:
+                trainer = build_proxy_trainer(cfg, path, train_ds, collator, out_dir, n_steps)
+                instrument_trainer(trainer, timer)
+                trainer.train()
+                timer.boundary()
+                del trainer
+            timers[key].append(timer)
+            _free_memory()
+        log(f"[breakdown] round {r + 1}/{rounds} done")
+    out: Dict[str, Any] = {}
+    for key, ts in timers.items():
+        merged = PhaseTimer(cfg.device, clock=cfg.clock)
+        for t in ts:  # pool the timed steps of every round (the first `warmup` steps of each dropped)
+            merged.steps += t.steps[cfg.warmup:]
+            merged.totals += t.totals[cfg.warmup:]
+        out[key] = merged.summary()
+    return out
+
+
+def run_proxy_profile(cfg: BenchConfig, train_ds, collator, out_dir: str, trace_dir: Optional[str],
+                      log: Callable[[str], None]) -> Dict[str, Any]:
+    """``torch.profiler`` (CPU, plus CUDA on a GPU) over exactly one Trainer step of each path, after warm-up;
+    the step runs from one batch fetch to the next, phases as ``record_function`` ranges."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cfg.cuda else [])
+    warm = max(2, min(cfg.warmup, 5))
+    out: Dict[str, Any] = {}
+    for path in ("plain", "lad"):
+        prof = profile(activities=activities, schedule=schedule(wait=warm, warmup=1, active=1, repeat=1),
+                       record_shapes=False, with_stack=False)
+        timer = PhaseTimer(cfg.device, ranges=True, on_boundary=prof.step)
+        trainer = build_proxy_trainer(cfg, path, train_ds, collator, out_dir, warm + 4)
+        instrument_trainer(trainer, timer)
+        with prof:
+            trainer.train()
+            timer.boundary()
+        del trainer
+        _free_memory()
+        # boundary k closes step k-1 and then calls prof.step(); profiler step `warm + 1` is the active one
+        active_step = warm + 1
+        step_ms = timer.totals[active_step - 1] * 1e3 if len(timer.totals) >= active_step else None
+        ka = prof.key_averages()
+        rows = []
+        for e in ka:
+            dev_self = getattr(e, "self_device_time_total", None)
+            if dev_self is None:
+                dev_self = getattr(e, "self_cuda_time_total", 0.0)
+            rows.append({"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                         "cpu_total_ms": e.cpu_time_total / 1e3, "self_device_ms": (dev_self or 0.0) / 1e3})
+        phase_names = set(PHASE_ORDER)
+        ranges = {r["name"]: r for r in rows if r["name"] in phase_names}
+        ops = sorted((r for r in rows if r["name"] not in phase_names), key=lambda r: -r["self_cpu_ms"])
+        device_ms = sum(r["self_device_ms"] for r in rows) if cfg.cuda else None
+        info = {"step_ms": step_ms, "ranges": ranges, "top_cpu_ops": ops[:25],
+                "n_ops": sum(r["calls"] for r in rows if r["name"] not in phase_names and r["name"].startswith("aten::")),
+                "device_busy_ms": device_ms}
+        if cfg.cuda:
+            info["top_device_ops"] = sorted(ops, key=lambda r: -r["self_device_ms"])[:20]
+        if trace_dir:
+            os.makedirs(trace_dir, exist_ok=True)
+            trace = os.path.join(trace_dir, f"profile_{cfg.device}_{path}_step.json")
+            prof.export_chrome_trace(trace)
+            import gzip
+            import shutil
+
+            with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.remove(trace)
+            info["trace"] = trace + ".gz"
+        out[path] = info
+        log(f"[profile] {path}: one step {_fmt(step_ms, 2)} ms, {info['n_ops']} aten op calls")
+    return out
+
+
+def format_proxy(result: Dict[str, Any]) -> Dict[str, str]:
+    """Markdown tables of a proxy run: variants, comparisons, ablations, breakdown, profile."""
+    px = result["proxy"]
+    t: Dict[str, str] = {}
+    clock = "CPU" if result["config"].get("clock") == "cpu" else "wall"
+    lines = [f"| variant | ms/step, {clock} (median of rounds) | per-round medians | min ms | step ms, wall clock | "
+             "step ms, thread CPU time | end-to-end wall ms/step (with the fetch) |", "|---|---:|---|---:|---:|---:|---:|"]
+    for name, v in px["rounds"]["variants"].items():
+        rounds = ", ".join(f"{x:.2f}" for x in v["ms_step_rounds"])
+        lines.append(f"| `{name}`: {v['label']} | {_fmt(v['ms_step'], 2)} | {rounds} | {_fmt(v['ms_min'], 2)} | "
+                     f"{_fmt(v.get('ms_step_wall'), 2)} | {_fmt(v.get('ms_step_cpu'), 2)} | {_fmt(v['ms_wall'], 2)} |")
+    t["variants"] = "\n".join(lines)
+    lines = ["| comparison | difference ms/step (median, [min, max] over rounds) | ratio (median, [min, max]) |",
+             "|---|---:|---:|"]
+    for c in px["rounds"]["comparisons"]:
+        lines.append(f"| {c['what']} (`{c['a']}` vs `{c['b']}`) | {c['diff_ms']:+.2f} [{c['diff_ms_range'][0]:+.2f}, "
+                     f"{c['diff_ms_range'][1]:+.2f}] | {c['ratio']:.3f} [{c['ratio_range'][0]:.3f}, {c['ratio_range'][1]:.3f}] |")
+    t["comparisons"] = "\n".join(lines)
+    lines = ["| switched off (vs the full Trainer of the same path) | saves ms/step (median, [min, max]) | "
+             "share of the Trainer−raw overhead |", "|---|---:|---:|"]
+    for c in px["rounds"]["ablations"]:
+        share = c.get("share_of_trainer_overhead")
+        lines.append(f"| `{c['b']}`: {c['what']} | {c['saves_ms']:+.2f} [{c['saves_ms_range'][0]:+.2f}, "
+                     f"{c['saves_ms_range'][1]:+.2f}] | {'—' if share is None else f'{share * 100:.0f}%'} |")
+    t["ablations"] = "\n".join(lines)
+    bd = px.get("breakdown")
+    if bd:
+        cols = [k for k in ("plain", "plain_raw", "lad", "lad_raw") if k in bd]
+        names = [p for p in PHASE_ORDER if any(p in bd[c]["phases_ms"] for c in cols)]
+        head = {"plain": "plain Trainer", "plain_raw": "plain raw", "lad": "LAD Trainer", "lad_raw": "LAD raw"}
+        lines = ["| phase (median ms per step) | " + " | ".join(head[c] for c in cols) +
+                 " | plain Trainer − raw | LAD Trainer − raw |", "|---|" + "---:|" * (len(cols) + 2)]
+        for p in names:
+            vals = [bd[c]["phases_ms"].get(p) for c in cols]
+            d1 = (bd["plain"]["phases_ms"].get(p, 0.0) - bd["plain_raw"]["phases_ms"].get(p, 0.0)) if "plain_raw" in bd else None
+            d2 = (bd["lad"]["phases_ms"].get(p, 0.0) - bd["lad_raw"]["phases_ms"].get(p, 0.0)) if "lad_raw" in bd else None
+            lines.append(f"| {p} | " + " | ".join("—" if v is None else f"{v:.3f}" for v in vals) +
+                         f" | {_fmt(d1, 3)} | {_fmt(d2, 3)} |")
+        tot = [bd[c]["total_ms"] for c in cols]
+        d1 = bd["plain"]["total_ms"] - bd["plain_raw"]["total_ms"]
+        d2 = bd["lad"]["total_ms"] - bd["lad_raw"]["total_ms"]
+        lines.append("| **step total (median, fetch to fetch)** | " + " | ".join(f"**{v:.3f}**" for v in tot) +
+                     f" | **{d1:.3f}** | **{d2:.3f}** |")
+        t["breakdown"] = "\n".join(lines)
+    pr = px.get("profile")
+    if pr:
+        parts = []
+        for path, info in pr.items():
+            dev = info.get("device_busy_ms")
+            busy = "" if dev is None else (f"; device busy {dev:.2f} ms of {_fmt(info['step_ms'], 2)} ms "
+                                           f"({dev / info['step_ms'] * 100:.0f}%)" if info.get("step_ms") else "")
+            parts.append(f"### {path} Trainer step: {_fmt(info['step_ms'], 2)} ms fetch to fetch, "
+                         f"{info['n_ops']} aten op calls{busy}\n")
+            parts.append("record_function ranges (inclusive CPU time, one step):\n")
+            parts.append("| phase | calls | CPU total ms | self device ms |\n|---|---:|---:|---:|")
+            for p in PHASE_ORDER:
+                r = info["ranges"].get(p)
+                if r:
+                    parts.append(f"| {p} | {r['calls']} | {r['cpu_total_ms']:.3f} | {r['self_device_ms']:.3f} |")
+            parts.append("\nTop operators by self CPU time:\n")
+            parts.append("| operator | calls | self CPU ms | CPU total ms | self device ms |\n|---|---:|---:|---:|---:|")
+            for r in info["top_cpu_ops"][:20]:
+                parts.append(f"| `{r['name']}` | {r['calls']} | {r['self_cpu_ms']:.3f} | {r['cpu_total_ms']:.3f} | "
+                             f"{r['self_device_ms']:.3f} |")
+            if info.get("top_device_ops"):
+                parts.append("\nTop operators by self device time:\n")
+                parts.append("| operator | calls | self device ms | self CPU ms |\n|---|---:|---:|---:|")
+                for r in info["top_device_ops"][:15]:
+                    parts.append(f"| `{r['name']}` | {r['calls']} | {r['self_device_ms']:.3f} | {r['self_cpu_ms']:.3f} |")
+            parts.append("")
+        t["profile"] = "\n".join(parts)
+    return t
+
+
+def proxy_output(cfg: BenchConfig) -> str:
+    return cfg.output or os.path.join(_REPO, "benchmarks", "results", f"throughput_{cfg.device}_proxy.md")
+
+
+def profile_output(cfg: BenchConfig) -> str:
+    base = os.path.dirname(os.path.abspath(proxy_output(cfg)))
+    return os.path.join(base, f"profile_{cfg.device}_proxy.md")
+
+
+def render_proxy(result: Dict[str, Any], tables: Dict[str, str]) -> Tuple[str, str]:
+    cfg, m = result["config"], result["machine"]
+    setup = (f"student {cfg['student']} ({result['proxy']['params']['student']:,} parameters), LAD teacher "
+             f"{cfg['lad_teacher']} + label channel, {cfg['height']}x{cfg['width']} px, batch {cfg['batch_size']}, "
+             f"{cfg['num_labels']} classes, {'bf16 autocast' if cfg['device'] == 'cuda' and cfg['bf16'] else 'fp32'}, "
+             f"dataloader_num_workers={cfg['num_workers']}, {cfg['steps']} timed steps after {cfg['warmup']} warm-up "
+             f"per run, {cfg['rounds']} interleaved rounds")
+    head = [
+        f"- date (UTC): {result['date_utc']}",
+        f"- command: `{cfg['command']}`",
+        f"- machine: {m['device_name']} (`lscpu` model name: {m['cpu']}); CPU count {m['cpu_count']} (affinity "
+        f"{m['cpu_affinity']}), torch threads {m['torch_threads']}; python {m['python']}, torch {m['torch']}, "
+        f"transformers {m['transformers']}, datasets {m['datasets']}",
+        f"- setup: {setup}",
+        f"- total run time: {result['total_s']:.1f} s",
+        "",
+    ]
+    clock = ("the main thread's CPU time (`time.thread_time`: one torch thread and no DataLoader workers, so all of "
+             "the step's work runs on that thread, and the time the shared cores spend on other processes is left "
+             "out; the wall-clock medians are in the last table)" if cfg.get("clock") == "cpu"
+             else "wall-clock time (`perf_counter`, after `torch.cuda.synchronize()` on CUDA)")
+    how = (f"ms/step is the median on_step_begin→on_step_end time, in {clock}, of the timed steps of a "
+           "run; each variant ran once per round, in an order rotated every round, and the comparisons are the "
+           "medians of the per-round paired differences/ratios. The raw loops do the same work as the Trainer "
+           "step: forward, loss(es), backward, clip_grad_norm_, optimizer and LR-scheduler step, zero_grad, on "
+           "batches from a DataLoader over the same dataset and collator (fetch excluded from ms/step, as in the "
+           "Trainer). Ablations are monkeypatches of one trainer instance, made by this benchmark only.")
+    main = "\n".join([f"# lad_hf Trainer overhead proxy ({m['device_name']})", ""] + head + [
+        how, "", "## Trainer vs raw loop, LAD vs plain", "", tables["comparisons"], "",
+        "## Candidate causes, switched off one at a time", "", tables["ablations"], "",
+        "## Every variant", "", tables["variants"], "",
+        "## Host-time breakdown", "", f"See `{os.path.basename(result['profile_output'])}`.", "",
+        "## Evaluation metric micro-benchmark", "", result["miou_text"], ""])
+    prof = "\n".join([f"# Where a Trainer step's host time goes ({m['device_name']})", ""] + head + [
+        "Per-phase host time (exclusive: nested phases are subtracted from their parent) from timing wrappers on "
+        "one trainer instance (or contexts in the raw loop); a step runs from one batch fetch to the next, so it "
+        "also holds the DataLoader wait and the Trainer's bookkeeping after `on_step_end`. Medians over the "
+        f"timed steps of 2 runs per column; clock: {'thread CPU time' if cfg.get('clock') == 'cpu' else 'wall'}. "
+        "On CUDA the times are host (launch) times, and the sync at the step "
+        "boundary shows how long the host then waits for the device.", "",
+        tables.get("breakdown", "(not run)"), "",
+        "## torch.profiler: one plain and one LAD Trainer step", "",
+        tables.get("profile", "(not run)"), ""])
+    return main, prof
+
+
+def run_proxy(cfg: BenchConfig, write: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """``--proxy`` / ``--cpu_proxy``: interleaved rounds, breakdown, profile, mIoU before/after; writes
+    ``throughput_<device>_proxy.md`` (+ .json) and ``profile_<device>_proxy.md``."""
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    before_threads = torch.get_num_threads()
+    threads = default_threads(cfg)
+    if threads:
+        torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+    try:
+        variants = [v.strip() for v in (cfg.variants or ",".join(PROXY_DEFAULT_VARIANTS)).split(",") if v.strip()]
+        unknown = [v for v in variants if v not in PROXY_VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown --variants {unknown}; choose from {list(PROXY_VARIANTS)}")
+        proxy: Dict[str, Any] = {"variant_order": variants}
+        with tempfile.TemporaryDirectory(prefix="lad_proxy_") as tmp:
+            train_ds, _, collator, _ = make_data(cfg, cfg.height, cfg.width, cfg.batch_size, cfg.warmup + cfg.steps, 1)
+            from lad_hf.models import add_label_channel
+
+            proxy["params"] = {
+                "student": sum(p.numel() for p in segformer(cfg.student, cfg.num_labels).parameters()),
+                "lad_teacher": sum(p.numel() for p in add_label_channel(segformer(cfg.lad_teacher, cfg.num_labels)).parameters()),
+            }
+            t = time.perf_counter()
+            proxy["rounds"] = run_proxy_rounds(cfg, variants, train_ds, collator, tmp, log)
+            log(f"[proxy] rounds done in {time.perf_counter() - t:.1f} s")
+            if cfg.breakdown:
+                t = time.perf_counter()
+                proxy["breakdown"] = run_proxy_breakdown(cfg, train_ds, collator, tmp, log)
+                log(f"[breakdown] done in {time.perf_counter() - t:.1f} s")
+            if cfg.profile:
+                t = time.perf_counter()
+                proxy["profile"] = run_proxy_profile(cfg, train_ds, collator, tmp, cfg.trace_dir, log)
+                log(f"[profile] done in {time.perf_counter() - t:.1f} s")
+        miou = None
+        if cfg.miou_masks > 0:
+            before, desc = load_metrics_before(cfg.miou_before)
+            if before is None and cfg.miou_before:
+                log(f"[miou] no before/after: {desc}")
+            miou = bench_miou(cfg.miou_masks, cfg.miou_height, cfg.miou_width, cfg.num_labels, cfg.miou_reps, cfg.seed,
+                              before=before, before_desc=desc)
+        result: Dict[str, Any] = {
+            "mode": "proxy",
+            "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "config": dataclasses.asdict(cfg), "machine": machine_info(cfg), "proxy": proxy, "miou": miou,
+            "total_s": time.perf_counter() - t_start,
+        }
+    finally:
+        torch.set_num_threads(before_threads)
+    result["miou_text"] = format_miou(result["miou"])
+    result["output"] = proxy_output(cfg)
+    result["profile_output"] = profile_output(cfg)
+    tables = format_proxy(result)
+    result["tables"] = tables
+    for key in ("comparisons", "ablations", "variants", "breakdown"):
+        if key in tables:
+            log("")
+            log(tables[key])
+    log("")
+    log(result["miou_text"])
+    if write:
+        main_md, prof_md = render_proxy(result, tables)
+        os.makedirs(os.path.dirname(os.path.abspath(result["output"])), exist_ok=True)
+        with open(result["output"], "w") as f:
+            f.write(main_md)
+        with open(result["profile_output"], "w") as f:
+            f.write(prof_md)
+        result["json_output"] = os.path.splitext(result["output"])[0] + ".json"
+        with open(result["json_output"], "w") as f:
+            json.dump(result, f, indent=1, default=float)
+        log(f"\nwrote {result['output']}, {result['json_output']} and {result['profile_output']}")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+
+def summarize(paths: Sequence[str]) -> str:
+    """A short table from throughput / proxy JSON files (the last thing ``gpu_run.sh`` prints)."""
+    lines = ["| run | LAD / plain | Trainer plain / raw | CWD / LAD | Trainer−raw ms (plain, LAD) | plain ms/step |",
+             "|---|---:|---:|---:|---|---:|"]
+    for path in paths:
+        try:
+            with open(path) as f:
+                r = json.load(f)
+        except (OSError, ValueError) as err:
+            lines.append(f"| {os.path.basename(path)} | unreadable: {err} | | | | |")
+            continue
+        name = os.path.splitext(os.path.basename(path))[0]
+        if r.get("mode") == "proxy":
+            comp = {(c["a"], c["b"]): c for c in r["proxy"]["rounds"]["comparisons"]}
+            lp = comp.get(("lad", "plain"), {}).get("ratio")
+            tr = comp.get(("plain", "plain_raw"), {}).get("ratio")
+            d1 = comp.get(("plain", "plain_raw"), {}).get("diff_ms")
+            d2 = comp.get(("lad", "lad_raw"), {}).get("diff_ms")
+            plain = r["proxy"]["rounds"]["variants"].get("plain", {}).get("ms_step")
+            lines.append(f"| {name} (interleaved) | {_fmt(lp, 3)} | {_fmt(tr, 3)} | — | {_fmt(d1, 2)}, {_fmt(d2, 2)} | "
+                         f"{_fmt(plain, 2)} |")
+        else:
+            rows = r.get("rows", {})
+
+            def ms(k):
+                return (rows.get(k) or {}).get("ms_step")
+
+            def ratio(a, b):
+                return ms(a) / ms(b) if ms(a) and ms(b) else None
+
+            lines.append(f"| {name} | {_fmt(ratio('lad', 'plain'), 3)} | {_fmt(ratio('plain', 'raw'), 3)} | "
+                         f"{_fmt(ratio('cwd', 'lad'), 3)} | {_fmt(ms('plain') - ms('raw') if ms('plain') and ms('raw') else None, 2)}, — | "
+                         f"{_fmt(ms('plain'), 2)} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ targets & report
 
 
@@ -838,13 +1660,24 @@ def _run(cfg: BenchConfig, write: bool, log: Callable[[str], None]) -> Dict[str,
 
         # rows compared in a target run back to back (plain/raw, plain/LAD/CWD, single/dual), so that drift in
         # the machine's load (a shared CPU, GPU clocks) affects both sides of a ratio alike
-        step("plain+eval", bench_plain_and_eval, cfg, train_ds, eval_ds, collator, tmp)
-        step("raw", bench_raw, cfg, train_ds, collator, tmp)
-        step("lad", bench_distill, cfg, train_ds, collator, tmp, "lad", cfg.lad_teacher, True)
-        step("cwd", bench_distill, cfg, train_ds, collator, tmp, "cwd", cfg.cwd_teacher, False)
-        step("teacher_1", bench_teacher, cfg, train_ds, collator, tmp, False)
-        step("teacher_2", bench_teacher, cfg, train_ds, collator, tmp, True)
-        if cfg.compile:
+        selected = set(r.strip() for r in cfg.rows.split(",")) if cfg.rows else set(ROW_ORDER)
+        if "compile_off" in selected or "compile_on" in selected:
+            selected |= {"compile_off", "compile_on"}
+        if selected & {"plain", "eval"}:
+            step("plain+eval", bench_plain_and_eval, cfg, train_ds, eval_ds, collator, tmp, "eval" in selected)
+        if "raw" in selected:
+            step("raw", bench_raw, cfg, train_ds, collator, tmp)
+        if "lad" in selected:
+            step("lad", bench_distill, cfg, train_ds, collator, tmp, "lad", cfg.lad_teacher, True)
+        if "cwd" in selected:
+            step("cwd", bench_distill, cfg, train_ds, collator, tmp, "cwd", cfg.cwd_teacher, False)
+        if "teacher_1" in selected:
+            step("teacher_1", bench_teacher, cfg, train_ds, collator, tmp, False)
+        if "teacher_2" in selected:
+            step("teacher_2", bench_teacher, cfg, train_ds, collator, tmp, True)
+        if "compile_off" not in selected:
+            pass
+        elif cfg.compile:
             step("compile", bench_compile, cfg, tmp)
         else:
             why = "CUDA only by default (--compile forces it)" if not cfg.cuda else "--no_compile"
@@ -856,7 +1689,9 @@ def _run(cfg: BenchConfig, write: bool, log: Callable[[str], None]) -> Dict[str,
     miou = None
     if cfg.miou_masks > 0:
         t = time.perf_counter()
-        miou = bench_miou(cfg.miou_masks, cfg.miou_height, cfg.miou_width, cfg.num_labels, cfg.miou_reps, cfg.seed)
+        before, desc = load_metrics_before(cfg.miou_before)
+        miou = bench_miou(cfg.miou_masks, cfg.miou_height, cfg.miou_width, cfg.num_labels, cfg.miou_reps, cfg.seed,
+                          before=before, before_desc=desc)
         log(f"[miou] streaming {miou['streaming_s']:.3f} s vs numpy {miou['numpy_bincount_s']:.3f} s "
             f"(x{miou['ratio_streaming_vs_numpy']:.2f}) in {time.perf_counter() - t:.1f} s")
 
@@ -894,7 +1729,10 @@ def _run(cfg: BenchConfig, write: bool, log: Callable[[str], None]) -> Dict[str,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = parse_args(argv)
-    result = run_benchmark(cfg)
+    if cfg.summarize:
+        print(summarize(cfg.summarize))
+        return 0
+    result = run_proxy(cfg) if cfg.proxy else run_benchmark(cfg)
     print(f"total {result['total_s']:.1f} s")
     return 0
 

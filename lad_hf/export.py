@@ -227,6 +227,11 @@ def export_processor(model_path: str, model, info: Optional[Dict] = None):
             note += (f" The evaluation also padded each image (bottom/right, 0 after normalisation) to a multiple of "
                      f"the {p}-pixel patch; the processor does not pad, so the backbone then sees only the complete "
                      f"patches. Pad to a multiple of {p} to reproduce the evaluation exactly.")
+    window = info.get("eval_window_size")
+    if isinstance(window, int) and window > 0:
+        stride = info.get("eval_window_stride") or max(1, (2 * window) // 3)
+        note += (f" The evaluation ran sliding {window}×{window} windows (stride {stride}) over each image; the "
+                 "`image-segmentation` pipeline runs the whole image at once.")
     return proc, note
 
 

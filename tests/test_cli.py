@@ -101,3 +101,7 @@ def test_invalid_choice_exits_nonzero_in_subprocess(tmp_path):
     out = subprocess.run([sys.executable, "-m", "lad_hf", "teacher", "--consistency_loss", "l7"], cwd=tmp_path,
                          env=_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "invalid choice: 'l7'" in out.stderr and "cwd" in out.stderr
+    # one line, no usage dump and no transformers notices (e.g. the torchvision fallback)
+    assert out.stderr.strip().splitlines() == [
+        "lad-hf teacher: error: argument --consistency_loss/--consistency-loss: invalid choice: 'l7' "
+        "(choose from 'cwd', 'kl', 'mse')"], out.stderr

@@ -1,18 +1,23 @@
 """`lad_hf.export`: the model card (huggingface_hub ModelCard), Hub ids only, the processor matching evaluation."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ID2LABEL, tiny_segformer
 from PIL import Image
 
-from conftest import ID2LABEL, tiny_segformer
 from lad_hf.errors import LADError
-from lad_hf.export import (KNOWN_LICENSES, export_model, hub_ids, push_folder, read_training_info,
-                           write_training_info)
+from lad_hf.export import (
+    KNOWN_LICENSES,
+    export_model,
+    hub_ids,
+    push_folder,
+    read_training_info,
+    write_training_info,
+)
 
 HUB_DATASET = "nateraw/pascal-voc-2012"
 

@@ -113,6 +113,9 @@ class RunSpec(LabelNoiseArguments):
     distill_weight: float = 3.0
     fixed_class_encoding: bool = False
 
+    def __post_init__(self):
+        self.resolve_noise()  # unset noise options -> the paper's, so equal runs have equal keys
+
     def replace(self, **kw) -> "RunSpec":
         return dataclasses.replace(self, **kw)
 

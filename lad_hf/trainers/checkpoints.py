@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import struct
+import zipfile
+import zlib
 from typing import List, Optional
 
 from ..errors import LADError
@@ -21,6 +24,11 @@ NOISER_STATE = "noiser_rng_state_{rank}.safetensors"
 # ``--resume_from_checkpoint`` values meaning "the newest complete checkpoint in --output_dir"
 RESUME_LAST = ("true", "last", "latest", "yes", "1")
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# the training state transformers writes next to the weights (torch.save zip files) and ours (safetensors)
+_TRAINING_STATE_RE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth)$")
+_RNG_STATE_RE = re.compile(r"^rng_state(_\d+)?\.pth$")
+_NOISER_STATE_RE = re.compile(r"^noiser_rng_state_\d+\.safetensors$")
+
 
 def _safetensors_problem(path: str) -> Optional[str]:
     """Why a .safetensors file is unusable (None when its header and size are consistent); reads the header only."""
@@ -42,11 +50,57 @@ def _safetensors_problem(path: str) -> Optional[str]:
     return None
 
 
+def _torch_file_problem(path: str) -> Optional[str]:
+    """Why a ``torch.save`` file is unusable (None when whole), checked without unpickling anything.
+
+    ``torch.save`` writes a zip archive: a truncated file has no end-of-archive record, a damaged one fails the CRC
+    of a member. ``testzip`` reads the members' bytes only (no ``pickle``), as much reading as loading the file.
+    """
+    name = os.path.basename(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            return f"{name} is truncated (not a complete torch.save archive)"
+        with zipfile.ZipFile(path) as z:
+            if not any(n.endswith("data.pkl") for n in z.namelist()):
+                return f"{name} is not a torch.save archive"
+            bad = z.testzip()
+        if bad is not None:
+            return f"{name} is corrupt ({bad} fails its CRC check)"
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, RuntimeError) as e:
+        return f"{name} is unreadable ({type(e).__name__})"
+    return None
+
+
+def _training_state_problem(folder: str, names: List[str], sharded: bool) -> Optional[str]:
+    """Why the optimizer, scheduler, scaler, RNG or noiser state of a checkpoint is missing or unusable."""
+    deepspeed = any(n.startswith("global_step") and os.path.isdir(os.path.join(folder, n)) for n in names)
+    # DeepSpeed and FSDP keep the optimizer (and scheduler) in their own layout
+    required = [] if deepspeed or sharded else ["optimizer.pt", "scheduler.pt"]
+    missing = [n for n in required if n not in names] + ([] if any(map(_RNG_STATE_RE.match, names)) else ["rng_state.pth"])
+    if missing:
+        return (f"no {missing[0]}: saved with --save_only_model (such checkpoints cannot resume training) or copied "
+                "incompletely")
+    for name in sorted(names):
+        path = os.path.join(folder, name)
+        if _TRAINING_STATE_RE.match(name):
+            problem = _torch_file_problem(path)
+        elif _NOISER_STATE_RE.match(name):
+            problem = _safetensors_problem(path)
+        else:
+            continue
+        if problem:
+            return problem
+    return None
+
+
 def checkpoint_problem(folder: str) -> Optional[str]:
     """Why ``folder`` cannot be resumed from, or None when it is a complete checkpoint.
 
     transformers writes a checkpoint in place (weights, optimizer, scheduler, RNG states, then ``trainer_state.json``
-    last), so a run killed while saving leaves a folder without ``trainer_state.json`` or with truncated weights.
+    last), so a run killed while saving leaves a folder without ``trainer_state.json`` or with truncated weights; a
+    disk that filled up or a copy cut short leaves truncated files. Every file a resume reads is checked: the
+    weights (safetensors header against the file size), ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt`` and
+    ``rng_state*.pth`` (zip structure and CRCs, nothing unpickled) and the noiser state.
     """
     if not os.path.isdir(folder):
         return "not a folder"
@@ -60,7 +114,7 @@ def checkpoint_problem(folder: str) -> Optional[str]:
         return "trainer_state.json is unreadable"
     names = os.listdir(folder)
     if any(n.startswith("pytorch_model_fsdp") for n in names):  # FSDP sharded state dict (torch.distributed.checkpoint)
-        return None
+        return _training_state_problem(folder, names, sharded=True)
     index = os.path.join(folder, "model.safetensors.index.json")
     files: List[str] = []
     if os.path.isfile(index):
@@ -80,7 +134,7 @@ def checkpoint_problem(folder: str) -> Optional[str]:
         problem = _safetensors_problem(path)
         if problem:
             return problem
-    return None
+    return _training_state_problem(folder, names, sharded=False)
 
 
 def last_complete_checkpoint(output_dir: str) -> Optional[str]:
@@ -177,9 +231,55 @@ class CheckpointMixin:
         if not self._load_converted_weights(self.state.best_model_checkpoint, self.model):
             super()._load_best_model()
 
+    def planned_max_steps(self) -> Optional[int]:
+        """The optimizer steps this run trains for (``--max_steps``, else from ``--num_train_epochs``); None if unknown."""
+        if self.args.max_steps > 0:
+            return self.args.max_steps
+        if self.train_dataset is None:
+            return None
+        try:
+            return self.set_initial_training_values(self.args, self.get_train_dataloader())[-1]
+        except (ValueError, TypeError):  # a dataset without a length
+            return None
+
+    def finished_run(self, checkpoint: str):
+        """A checkpoint at (or past) the run's last step: nothing to train. Loads its state and returns the TrainOutput.
+
+        transformers would go on training past ``max_steps`` and, through the final save, overwrite the finished model.
+        Here the model gets the checkpoint's weights (the best checkpoint's with ``--load_best_model_at_end``) and
+        ``self.state`` its trainer state, so that a following ``save_model``/``save_state`` rewrites the same model.
+        Returns None when the checkpoint is not finished.
+        """
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        max_steps = self.planned_max_steps()
+        if max_steps is None or state.global_step < max_steps:
+            return None
+        where = "the last step" if state.global_step == max_steps else f"past the last step {max_steps}"
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise LADError(f"{checkpoint} is at step {state.global_step}, {where}: nothing to train; raise --max_steps "
+                           "(or --num_train_epochs) to train further")
+        logger.warning("%s is at step %d, %s of this run (--max_steps/--num_train_epochs): nothing to train, the model "
+                       "is the checkpoint's; raise --max_steps (or --num_train_epochs) to train further",
+                       checkpoint, state.global_step, where)
+        self._load_from_checkpoint(checkpoint)
+        self.state = state
+        best = state.best_model_checkpoint
+        if self.args.load_best_model_at_end and best and os.path.isdir(best):
+            self._load_best_model()
+        self.load_noiser_state(checkpoint)
+        losses = [h["loss"] for h in state.log_history if isinstance(h.get("loss"), (int, float))]
+        loss = float(losses[-1]) if losses else math.nan
+        return TrainOutput(state.global_step, loss, {"train_runtime": 0.0, "epoch": state.epoch or 0.0})
+
     def train(self, resume_from_checkpoint=None, **kwargs):
         resume_from_checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
         if resume_from_checkpoint:
+            done = self.finished_run(resume_from_checkpoint)
+            if done is not None:
+                return done
             self.load_noiser_state(resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 

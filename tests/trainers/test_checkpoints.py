@@ -24,7 +24,8 @@ from lad_hf import LADDistillationConfig, LADTeacherConfig, SegmentationConfig, 
 from lad_hf.cli import main
 from lad_hf.errors import LADError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file is tests/trainers/test_checkpoints.py)
+assert (ROOT / "lad_hf" / "__init__.py").is_file() and (ROOT / "tests" / "conftest.py").is_file(), ROOT
 TINY = ["--config_name", "segformer", "--config_overrides", TINY_SEGFORMER_OVERRIDES]
 FAST = ["--crop_size", "32", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2",
         "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--logging_steps", "1"]
@@ -325,14 +326,15 @@ from lad_hf.cli import cmd_evaluate
 from lad_hf.trainers import load_teacher
 
 data, model_dir, teacher_dir, out = sys.argv[1:5]
+timeout = os.environ["LAD_DDP_TIMEOUT"]  # seconds a collective may wait for the other rank
 metrics = cmd_evaluate(["--model_name_or_path", model_dir, "--dataset_name", data, "--output_dir", out + "/ev",
                         "--per_device_eval_batch_size", "2", "--use_cpu", "true", "--report_to", "none",
-                        "--disable_tqdm", "true"])
+                        "--disable_tqdm", "true", "--ddp_timeout", timeout])
 rng = np.random.default_rng(0)
 imgs, labs = zip(*(synthetic_scene(rng) for _ in range(8)))
 ds = Dataset.from_dict({"pixel_values": list(imgs), "labels": list(labs)}).with_format("torch")
 args = LADDistillationConfig(output_dir=out + "/st", max_steps=2, per_device_train_batch_size=2, use_cpu=True,
-                             report_to=[], save_strategy="no", disable_tqdm=True, seed=5)
+                             report_to=[], save_strategy="no", disable_tqdm=True, seed=5, ddp_timeout=int(timeout))
 teacher = load_teacher(teacher_dir)
 before = {k: v.clone() for k, v in teacher.state_dict().items()}
 trainer = LADDistillationTrainer(model=tiny_segformer(seed=1), teacher_model=teacher, args=args, train_dataset=ds)
@@ -357,10 +359,24 @@ with open(f"{out}/rank{rank}.json", "w") as f:
 """
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Under load (2 shared cores) the launch may be slow: only timeouts bound it, never a timing assumption. The
+# rendezvous picks its own free port (--standalone: no port chosen here and raced for), the collectives give up after
+# DIST_COLLECTIVE_TIMEOUT_S (--ddp_timeout) so a crashed rank cannot leave the other blocked for transformers' 30
+# minutes, and the whole launch (torchrun and its workers, one process group) is killed at DIST_WALL_TIMEOUT_S.
+DIST_COLLECTIVE_TIMEOUT_S = 300
+DIST_WALL_TIMEOUT_S = 900
+
+
+def _run_process_group(cmd, timeout, **kw):
+    """subprocess.run in a new session; on timeout kill the whole group (torchrun's workers too) and fail clearly."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{cmd[2:5]} still running after {timeout} s; killed. stderr tail:\n{err[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _evaluate(capsys, model_dir, data, out):
@@ -377,13 +393,15 @@ def test_two_gloo_processes_exact_miou_independent_noise_unwrapped_teacher(tmp_p
     model_dir = tmp_path / "model"
     tiny_segformer(seed=4).save_pretrained(model_dir)
     (tmp_path / "dist.py").write_text(DIST_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(tmp_path / "dist.py"), str(data), str(model_dir), str(teacher_dir),
-           str(tmp_path)]
-    res = subprocess.run(cmd, cwd=tmp_path, env=_env(ACCELERATE_USE_CPU="1", LAD_TESTS=str(ROOT / "tests"),
-                                                     OMP_NUM_THREADS="1"),
-                         capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--rdzv-conf", f"join_timeout={DIST_COLLECTIVE_TIMEOUT_S}", str(tmp_path / "dist.py"), str(data),
+           str(model_dir), str(teacher_dir), str(tmp_path)]
+    env = _env(ACCELERATE_USE_CPU="1", LAD_TESTS=str(ROOT / "tests"), OMP_NUM_THREADS="1",
+               LAD_DDP_TIMEOUT=str(DIST_COLLECTIVE_TIMEOUT_S), TORCH_NCCL_ASYNC_ERROR_HANDLING="1")
+    res = _run_process_group(cmd, DIST_WALL_TIMEOUT_S, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
+    missing = [r for r in (0, 1) if not (tmp_path / f"rank{r}.json").is_file()]
+    assert not missing, f"ranks {missing} wrote no result; stderr tail:\n{res.stderr[-4000:]}"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
     single = _evaluate(capsys, model_dir, data, tmp_path / "ev1")
