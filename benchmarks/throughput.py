@@ -1151,59 +1151,140 @@ def run_proxy_breakdown(cfg: BenchConfig, train_ds, collator, out_dir: str, log:
     return out
 
 
+def _profile_rows(prof) -> List[Dict[str, Any]]:
+    rows = []
+    for e in prof.key_averages():
+        dev_self = getattr(e, "self_device_time_total", None)
+        if dev_self is None:
+            dev_self = getattr(e, "self_cuda_time_total", 0.0)
+        rows.append({"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                     "cpu_total_ms": e.cpu_time_total / 1e3, "self_device_ms": (dev_self or 0.0) / 1e3})
+    return rows
+
+
 def run_proxy_profile(cfg: BenchConfig, train_ds, collator, out_dir: str, trace_dir: Optional[str],
                       log: Callable[[str], None]) -> Dict[str, Any]:
-    """``torch.profiler`` (CPU, plus CUDA on a GPU) over exactly one Trainer step of each path, after warm-up;
-    the step runs from one batch fetch to the next, phases as ``record_function`` ranges."""
+    """``torch.profiler`` (CPU, plus CUDA on a GPU) over exactly one step of each path after warm-up: the plain
+    and LAD Trainer steps, and the raw loops for the operator counts. A step runs from one batch fetch to the next;
+    the phases are ``record_function`` ranges."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cfg.cuda else [])
     warm = max(2, min(cfg.warmup, 5))
+    active_step = warm + 1  # profiler steps start at each boundary; step `warm + 1` is the active one
     out: Dict[str, Any] = {}
-    for path in ("plain", "lad"):
+    for key in ("plain", "plain_raw", "lad", "lad_raw"):
+        path = key.split("_")[0]
         prof = profile(activities=activities, schedule=schedule(wait=warm, warmup=1, active=1, repeat=1),
                        record_shapes=False, with_stack=False)
         timer = PhaseTimer(cfg.device, ranges=True, on_boundary=prof.step)
-        trainer = build_proxy_trainer(cfg, path, train_ds, collator, out_dir, warm + 4)
-        instrument_trainer(trainer, timer)
-        with prof:
-            trainer.train()
-            timer.boundary()
-        del trainer
+        if key.endswith("_raw"):
+            loop = RawLoop(cfg, path, train_ds, collator, out_dir, warm + 4)
+            with prof:
+                loop.run(warm + 3, timer)
+            del loop
+        else:
+            trainer = build_proxy_trainer(cfg, path, train_ds, collator, out_dir, warm + 4)
+            instrument_trainer(trainer, timer)
+            with prof:
+                trainer.train()
+                timer.boundary()
+            del trainer
         _free_memory()
-        # boundary k closes step k-1 and then calls prof.step(); profiler step `warm + 1` is the active one
-        active_step = warm + 1
+        # the boundary that closes step j (j >= 1) appends totals[j - 1]
         step_ms = timer.totals[active_step - 1] * 1e3 if len(timer.totals) >= active_step else None
-        ka = prof.key_averages()
-        rows = []
-        for e in ka:
-            dev_self = getattr(e, "self_device_time_total", None)
-            if dev_self is None:
-                dev_self = getattr(e, "self_cuda_time_total", 0.0)
-            rows.append({"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                         "cpu_total_ms": e.cpu_time_total / 1e3, "self_device_ms": (dev_self or 0.0) / 1e3})
+        rows = _profile_rows(prof)
         phase_names = set(PHASE_ORDER)
         ranges = {r["name"]: r for r in rows if r["name"] in phase_names}
-        ops = sorted((r for r in rows if r["name"] not in phase_names), key=lambda r: -r["self_cpu_ms"])
-        device_ms = sum(r["self_device_ms"] for r in rows) if cfg.cuda else None
-        info = {"step_ms": step_ms, "ranges": ranges, "top_cpu_ops": ops[:25],
-                "n_ops": sum(r["calls"] for r in rows if r["name"] not in phase_names and r["name"].startswith("aten::")),
-                "device_busy_ms": device_ms}
+        ops = [r for r in rows if r["name"] not in phase_names and not r["name"].startswith("ProfilerStep")]
+        info: Dict[str, Any] = {
+            "step_ms": step_ms, "ranges": ranges,
+            "top_cpu_ops": sorted(ops, key=lambda r: -r["self_cpu_ms"])[:25],
+            "op_calls": {r["name"]: r["calls"] for r in ops},
+            "op_self_cpu_ms": {r["name"]: r["self_cpu_ms"] for r in ops},
+            "n_ops": sum(r["calls"] for r in ops if r["name"].startswith("aten::")),
+            "device_busy_ms": sum(r["self_device_ms"] for r in ops) if cfg.cuda else None,
+        }
         if cfg.cuda:
             info["top_device_ops"] = sorted(ops, key=lambda r: -r["self_device_ms"])[:20]
         if trace_dir:
-            os.makedirs(trace_dir, exist_ok=True)
-            trace = os.path.join(trace_dir, f"profile_{cfg.device}_{path}_step.json")
-            prof.export_chrome_trace(trace)
             import gzip
             import shutil
 
+            os.makedirs(trace_dir, exist_ok=True)
+            trace = os.path.join(trace_dir, f"profile_{cfg.device}_{key}_step.json")
+            prof.export_chrome_trace(trace)
             with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
                 shutil.copyfileobj(src, dst)
             os.remove(trace)
             info["trace"] = trace + ".gz"
-        out[path] = info
-        log(f"[profile] {path}: one step {_fmt(step_ms, 2)} ms, {info['n_ops']} aten op calls")
+        out[key] = info
+        busy = "" if info["device_busy_ms"] is None else f", device busy {info['device_busy_ms']:.2f} ms"
+        log(f"[profile] {key}: one step {_fmt(step_ms, 2)} ms, {info['n_ops']} aten op calls{busy}")
+    for path in ("plain", "lad"):  # operators the Trainer step calls more (or less) often than the raw loop
+        a, b = out[path], out[f"{path}_raw"]
+        diff = []
+        for name in sorted(set(a["op_calls"]) | set(b["op_calls"])):
+            d = a["op_calls"].get(name, 0) - b["op_calls"].get(name, 0)
+            if d and name.startswith("aten::"):
+                diff.append({"name": name, "extra_calls": d, "trainer_calls": a["op_calls"].get(name, 0),
+                             "raw_calls": b["op_calls"].get(name, 0)})
+        out[f"{path}_extra_ops"] = sorted(diff, key=lambda r: (-abs(r["extra_calls"]), r["name"]))
+    return out
+
+
+def run_proxy_micro(cfg: BenchConfig, train_ds, collator, out_dir: str, log: Callable[[str], None],
+                    calls: int = 200, rounds: int = 7) -> List[Dict[str, Any]]:
+    """Host cost of each candidate per-step extra, in a tight loop on a real LAD trainer and batch: ``calls``
+    calls per repetition, the items interleaved, median over ``rounds`` repetitions (µs per call, both clocks)."""
+    from transformers import Trainer
+
+    from lad_hf.data import check_labels
+
+    trainer = build_proxy_trainer(cfg, "lad", train_ds, collator, out_dir, 1)
+    dev = trainer.args.device
+    batch = collator([train_ds[i] for i in range(cfg.batch_size)])
+    inputs = {k: v.to(dev) for k, v in batch.items()}
+    x, y = inputs["pixel_values"], inputs["labels"]
+    model, teacher = trainer.model.to(dev), trainer.teacher
+    with torch.no_grad():
+        loss = model(pixel_values=x).logits.float().mean()
+    grad_norm = loss.detach().abs() + 1
+    k, ignore = trainer.num_labels, trainer.args.ignore_index
+    items: List[Tuple[str, int, Callable[[], Any]]] = [
+        ("non-finite guard `_flag_non_finite` (loss, grad norm)", 2,
+         lambda: trainer._flag_non_finite(loss, "the training loss")),
+        ("`check_labels` of the batch (inside `check_batch`)", 1, lambda: check_labels(y, k, ignore)),
+        ("`check_batch` (shapes + `check_labels`)", 1, lambda: trainer.check_batch(model, x, y, 3)),
+        ("`record(task_loss=…, distill_loss=…)`", 1, lambda: trainer.record(task_loss=loss, distill_loss=loss)),
+        ("`teacher.eval()` (module walk)", 1, teacher.eval),
+        ("`model.train()` (module walk, transformers' `training_step`)", 1, model.train),
+        ("transformers' default `floating_point_ops`", 1, lambda: Trainer.floating_point_ops(trainer, inputs)),
+        ("lad_hf's `floating_point_ops` override (returns 0)", 1, lambda: trainer.floating_point_ops(inputs)),
+        ("`loss.item()` (one host read)", 0, lambda: loss.item()),
+    ]
+    times = {name: {"wall": [], "cpu": []} for name, _, _ in items}
+    for _ in range(rounds):
+        for name, _, fn in items:
+            fn()
+            _sync(cfg.device)
+            w0, c0 = time.perf_counter(), time.thread_time()
+            for _ in range(calls):
+                fn()
+            _sync(cfg.device)
+            times[name]["wall"].append((time.perf_counter() - w0) / calls * 1e6)
+            times[name]["cpu"].append((time.thread_time() - c0) / calls * 1e6)
+    trainer._parts.clear()
+    del trainer
+    _free_memory()
+    out = []
+    for name, per_step, _ in items:
+        us_wall, us_cpu = statistics.median(times[name]["wall"]), statistics.median(times[name]["cpu"])
+        us = us_cpu if cfg.clock == "cpu" else us_wall
+        out.append({"item": name, "calls_per_step": per_step, "us_per_call": us, "us_per_call_wall": us_wall,
+                    "us_per_call_cpu": us_cpu, "ms_per_step": us * per_step / 1e3})
+    log("[micro] " + ", ".join(f"{r['item'].split('`')[1] if '`' in r['item'] else r['item']} {r['us_per_call']:.1f} us"
+                               for r in out))
     return out
 
 
@@ -1370,6 +1451,8 @@ def run_proxy(cfg: BenchConfig, write: bool = True, log: Callable[[str], None] =
                 t = time.perf_counter()
                 proxy["breakdown"] = run_proxy_breakdown(cfg, train_ds, collator, tmp, log)
                 log(f"[breakdown] done in {time.perf_counter() - t:.1f} s")
+            if cfg.breakdown:
+                proxy["micro"] = run_proxy_micro(cfg, train_ds, collator, tmp, log)
             if cfg.profile:
                 t = time.perf_counter()
                 proxy["profile"] = run_proxy_profile(cfg, train_ds, collator, tmp, cfg.trace_dir, log)

@@ -7,6 +7,7 @@ happen before anything loads, the dataset path does not exist: a check that ran 
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -25,11 +26,14 @@ def data(tmp_path_factory):
     return write_parquet_dataset(tmp_path_factory.mktemp("faults_cli") / "data", n_train=4, n_val=2)
 
 
+PROGRESS_BAR = re.compile(r"^[^:]+:\s+\d+%\|")  # tqdm bars of work done before a failure (e.g. "Loading weights")
+
+
 def _one_line_error(capsys, argv, *expect):
     """Exit code 2 and exactly one stderr line, `lad-hf <cmd>: error: ...`, holding every `expect` string."""
     capsys.readouterr()
     assert main(argv) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip() and not PROGRESS_BAR.match(line)]
     assert len(err) == 1, err
     assert err[0].startswith(f"lad-hf {argv[0]}: error: "), err[0]
     for e in expect:
@@ -210,6 +214,23 @@ def test_output_dir_under_a_file_is_one_line_naming_the_path(tmp_path, capsys, d
     # export has no pre-flight check: the OSError of the real write is caught at the CLI boundary
     _one_line_error(capsys, ["export", "--model_path", model, "--output_dir", out],
                     f"I/O error at {out!r}", f"({str(blocker)!r} is a file, not a folder)")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full (every write fails with ENOSPC)")
+def test_full_disk_is_one_line_naming_the_output_dir(tmp_path, capsys, data):
+    # a file of the output folder that is /dev/full: the kernel answers its write with "No space left on device"
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "README.md").symlink_to("/dev/full")
+    model = _save_segformer(tmp_path / "model")
+    _one_line_error(capsys, ["export", "--model_path", model, "--output_dir", str(out)],
+                    f"I/O error while writing {str(out)!r}: No space left on device", "the disk is full")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_results.json").symlink_to("/dev/full")  # written by the Trainer after training
+    _one_line_error(capsys, ["train", "--dataset_name", str(data), *TINY, *FAST, "--max_steps", "1",
+                             "--eval_strategy", "no", "--output_dir", str(run)],
+                    f"I/O error while writing {str(run)!r}: No space left on device")
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only (0o500) folders")

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -312,6 +311,133 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, data):
     assert not _same(a, c)
 
 
+# ---------------------------------------------------------------------------------------------------- resuming
+
+
+RESUME_RUN = ["train", *TINY, *FAST, "--max_steps", "6", "--save_steps", "3", "--lr_scheduler_type", "constant",
+              "--eval_strategy", "no", "--min_scale", "1", "--max_scale", "1", "--hflip_prob", "0"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data):
+    """A finished 6-step run (8 rows, batch 2) with checkpoint-3 and checkpoint-6; tests work on copies of it."""
+    out = tmp_path_factory.mktemp("resume") / "run"
+    assert main(RESUME_RUN + ["--dataset_name", str(data), "--output_dir", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    return out
+
+
+def _copy_run(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    return out
+
+
+def _global_step(folder):
+    return json.loads((Path(folder) / "trainer_state.json").read_text())["global_step"]
+
+
+def test_resume_from_the_final_checkpoint_is_a_no_op(tmp_path, capsys, caplog, data, finished):
+    out = _copy_run(finished, tmp_path)
+    final = _weights(out)
+    assert _same(final, _weights(out / "checkpoint-6"))
+    run = RESUME_RUN + ["--dataset_name", str(data), "--output_dir", str(out), "--resume_from_checkpoint"]
+    for how in ("last", str(out / "checkpoint-6")):
+        caplog.clear()
+        assert main(run + [how]) == 0
+        said = [r.getMessage() for r in caplog.records if "nothing to train" in r.getMessage()]
+        assert said and "checkpoint-6 is at step 6, the last step" in said[0], [r.getMessage() for r in caplog.records][-5:]
+        assert _same(_weights(out), final)  # the finished model, bit for bit
+        assert _global_step(out) == 6 and not (out / "checkpoint-7").exists()
+    # past the last step (a shorter --max_steps): a no-op too, never a step 7
+    caplog.clear()
+    assert main(RESUME_RUN + ["--max_steps", "4", "--dataset_name", str(data), "--output_dir", str(out),
+                              "--resume_from_checkpoint", "last"]) == 0  # the last --max_steps counts
+    assert any("past the last step 4" in r.getMessage() for r in caplog.records)
+    assert _same(_weights(out), final) and _global_step(out) == 6
+    # more steps asked for: training goes on from step 6 (the no-op is for finished runs only)
+    assert main(RESUME_RUN + ["--max_steps", "8", "--dataset_name", str(data), "--output_dir", str(out),
+                              "--resume_from_checkpoint", "last"]) == 0
+    assert _global_step(out) == 8 and not _same(_weights(out), final)
+
+
+def test_resume_of_a_finished_epoch_based_run_is_a_no_op(tmp_path, caplog, tensor_dataset):
+    def trainer(model):
+        args = SegmentationConfig(output_dir=str(tmp_path / "o"), num_train_epochs=1, per_device_train_batch_size=4,
+                                  use_cpu=True, report_to=[], save_steps=2, disable_tqdm=True)
+        return SegmentationTrainer(model=model, args=args, train_dataset=tensor_dataset)  # 16 rows: 4 steps
+
+    trained = trainer(tiny_segformer(seed=2))
+    assert trained.train().global_step == 4
+    fresh = tiny_segformer(seed=7)
+    with caplog.at_level("WARNING"):
+        result = trainer(fresh).train(resume_from_checkpoint="last")
+    assert result.global_step == 4 and "nothing to train" in caplog.text
+    # the model holds the checkpoint's weights (what a following save_model writes), not its own initial ones
+    assert _same(fresh.state_dict(), trained.model.state_dict())
+
+
+def _truncate(path):
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth"])
+def test_last_skips_a_checkpoint_with_a_truncated_training_state_file(tmp_path, capsys, caplog, data, finished, name):
+    from lad_hf.trainers.checkpoints import checkpoint_problem, last_complete_checkpoint
+
+    out = _copy_run(finished, tmp_path)
+    assert checkpoint_problem(str(out / "checkpoint-6")) is None
+    _truncate(out / "checkpoint-6" / name)
+    assert checkpoint_problem(str(out / "checkpoint-6")) == f"{name} is truncated (not a complete torch.save archive)"
+    caplog.clear()
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
+    assert any(f"skipping incomplete checkpoint {out}/checkpoint-6 ({name} is truncated" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+    run = RESUME_RUN + ["--dataset_name", str(data), "--output_dir", str(out), "--resume_from_checkpoint"]
+    # named explicitly: one line naming the file and the checkpoint to use instead
+    _one_line_error(capsys, run + [str(out / "checkpoint-6")], "checkpoint-6 is incomplete", f"{name} is truncated",
+                    f"resume from {out}/checkpoint-3")
+    if name == "optimizer.pt":  # `last`: resumes from checkpoint-3 (no traceback) up to step 6
+        assert main(run + ["last"]) == 0
+        assert _global_step(out) == 6
+
+
+def test_checkpoint_problem_checks_every_file_a_resume_reads(tmp_path, finished):
+    from lad_hf.trainers.checkpoints import checkpoint_problem
+
+    src = finished / "checkpoint-6"
+
+    def damaged(how, name):
+        folder = tmp_path / f"{how}-{name}"
+        shutil.copytree(src, folder)
+        path = folder / name
+        if how == "missing":
+            path.unlink()
+        elif how == "flipped":  # same size, one byte changed: the zip CRC catches it
+            blob = bytearray(path.read_bytes())
+            blob[len(blob) // 2] ^= 0xFF
+            path.write_bytes(bytes(blob))
+        elif how == "truncated":
+            _truncate(path)
+        elif how == "garbage":
+            path.write_bytes(b"not a torch file")
+        return checkpoint_problem(str(folder))
+
+    assert damaged("missing", "scheduler.pt").startswith("no scheduler.pt: saved with --save_only_model")
+    assert damaged("missing", "optimizer.pt").startswith("no optimizer.pt")
+    assert damaged("missing", "rng_state.pth").startswith("no rng_state.pth")
+    assert "fails its CRC check" in damaged("flipped", "optimizer.pt")
+    assert damaged("garbage", "rng_state.pth") == "rng_state.pth is truncated (not a complete torch.save archive)"
+    assert damaged("truncated", "model.safetensors").startswith("model.safetensors is truncated")
+    # the noiser's RNG state (LAD runs) is checked as well
+    shutil.copy(src / "model.safetensors", tmp_path / "noise.safetensors")
+    folder = tmp_path / "noiser"
+    shutil.copytree(src, folder)
+    (folder / "noiser_rng_state_0.safetensors").write_bytes((tmp_path / "noise.safetensors").read_bytes()[:100])
+    assert checkpoint_problem(str(folder)).startswith("noiser_rng_state_0.safetensors is truncated")
+
+
 # ---------------------------------------------------------------------------------------------------- 3. distributed
 
 
@@ -397,7 +523,7 @@ def test_two_gloo_processes_exact_miou_independent_noise_unwrapped_teacher(tmp_p
            "--rdzv-conf", f"join_timeout={DIST_COLLECTIVE_TIMEOUT_S}", str(tmp_path / "dist.py"), str(data),
            str(model_dir), str(teacher_dir), str(tmp_path)]
     env = _env(ACCELERATE_USE_CPU="1", LAD_TESTS=str(ROOT / "tests"), OMP_NUM_THREADS="1",
-               LAD_DDP_TIMEOUT=str(DIST_COLLECTIVE_TIMEOUT_S), TORCH_NCCL_ASYNC_ERROR_HANDLING="1")
+               LAD_DDP_TIMEOUT=str(DIST_COLLECTIVE_TIMEOUT_S))
     res = _run_process_group(cmd, DIST_WALL_TIMEOUT_S, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     missing = [r for r in (0, 1) if not (tmp_path / f"rank{r}.json").is_file()]
