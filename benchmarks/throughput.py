@@ -145,6 +145,8 @@ class BenchConfig:
     profile: bool = True
     trace_dir: Optional[str] = None
     miou_before: Optional[str] = None
+    time_budget_s: Optional[float] = None  # proxy: start no round that would end after this
+    breakdown_rounds: int = 2
     clock: str = "wall"  # proxy step clock: "wall" (perf_counter) or "cpu" (the main thread's CPU time)
     summarize: Optional[List[str]] = None
 
@@ -192,6 +194,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
     g.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 5 with --cpu_proxy)")
     g.add_argument("--variants", help="comma-separated proxy variants (default: all): " + ",".join(PROXY_VARIANTS))
     g.add_argument("--no_breakdown", action="store_true", help="skip the per-phase host-time breakdown")
+    g.add_argument("--breakdown_rounds", type=int, help="runs per column of the breakdown (default 2)")
+    g.add_argument("--time_budget_s", type=float, help="start no interleaved round that would end after this")
     g.add_argument("--no_profile", action="store_true", help="skip the torch.profiler step profiles")
     g.add_argument("--trace_dir", help="also write the profiled steps as gzipped Chrome traces here")
     g.add_argument("--miou_before", help="earlier lad_hf/metrics.py (file or git revision) timed beside the current "
@@ -225,7 +229,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
         cfg.unique_images, cfg.miou_reps, cfg.miou_before, cfg.clock = 8, 5, "b6a1101", "cpu"
     for name in ("height", "width", "batch_size", "num_labels", "steps", "warmup", "eval_images", "num_workers",
                  "cwd_teacher", "compile_steps", "output", "rows", "student", "lad_teacher", "rounds", "variants",
-                 "trace_dir", "miou_before", "miou_height", "miou_width", "miou_reps", "threads", "clock"):
+                 "trace_dir", "miou_before", "miou_height", "miou_width", "miou_reps", "threads", "clock",
+                 "breakdown_rounds", "time_budget_s"):
         if getattr(a, name, None) is not None:
             setattr(cfg, name, getattr(a, name))
     cfg.bf16 = not a.no_bf16
@@ -860,7 +865,8 @@ class RawLoop:
     dataset and collator), optimizer class and kwargs, LR schedule, gradient clipping, losses, autocast; for LAD
     the same label-assisted teacher (cast like the trainer does), noiser options and distillation loss."""
 
-    def __init__(self, cfg: BenchConfig, path: str, train_ds, collator, out_dir: str, max_steps: int):
+    def __init__(self, cfg: BenchConfig, path: str, train_ds, collator, out_dir: str, max_steps: int,
+                 preload: int = 0):
         from torch.utils.data import DataLoader
         from transformers import Trainer, get_scheduler
 
@@ -892,10 +898,15 @@ class RawLoop:
                                  num_workers=workers, pin_memory=cfg.cuda, persistent_workers=workers > 0,
                                  drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
         self.amp = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cfg.use_bf16)
+        # preload > 0: cycle that many batches already on the device (no DataLoader, no pin-memory thread)
+        self.preloaded = []
+        if preload:
+            it = iter(self.loader)
+            self.preloaded = [{k: v.to(self.device) for k, v in next(it).items()} for _ in range(preload)]
 
     def _batches(self):
         while True:
-            yield from self.loader
+            yield from (self.preloaded or self.loader)
 
     def run(self, n_steps: int, timer: Optional[PhaseTimer] = None) -> Dict[str, List[float]]:
         """``n_steps`` steps; returns ``perf_counter`` and thread CPU time at each step's begin and end (after the
@@ -971,6 +982,8 @@ def _ablate(trainer, what: str) -> None:
         model.train = lambda mode=True: model
     elif what == "default_flops":
         trainer.floating_point_ops = types.MethodType(Trainer.floating_point_ops, trainer)
+    elif what == "pin_memory":
+        trainer.args.dataloader_pin_memory = False
     else:  # pragma: no cover
         raise ValueError(what)
 
@@ -982,6 +995,7 @@ ABLATIONS: Dict[str, str] = {
     "teacher_eval": "per-step teacher.eval() off (a walk over the teacher's modules)",
     "model_train": "per-step model.train() off (transformers' training_step walks the student's modules)",
     "default_flops": "transformers' floating_point_ops instead of lad_hf's 0 (what the override saves)",
+    "pin_memory": "dataloader_pin_memory=False (no pin-memory thread in the training process)",
 }
 LAD_EXTRAS = ("nonfinite", "check_labels", "record", "teacher_eval")
 
@@ -989,6 +1003,7 @@ LAD_EXTRAS = ("nonfinite", "check_labels", "record", "teacher_eval")
 PROXY_VARIANTS: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "plain": ("plain", "trainer", ()),
     "plain_raw": ("plain", "raw", ()),
+    "plain_raw_preloaded": ("plain", "raw_preloaded", ()),
     "lad": ("lad", "trainer", ()),
     "lad_raw": ("lad", "raw", ()),
     "plain-extras": ("plain", "trainer", ("nonfinite", "check_labels")),
@@ -999,13 +1014,20 @@ PROXY_VARIANTS: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "lad-teacher_eval": ("lad", "trainer", ("teacher_eval",)),
     "lad-model_train": ("lad", "trainer", ("model_train",)),
     "lad+default_flops": ("lad", "trainer", ("default_flops",)),
+    "plain-pin_memory": ("plain", "trainer", ("pin_memory",)),
 }
-PROXY_DEFAULT_VARIANTS = tuple(PROXY_VARIANTS)
+#: Default variants per device: on CUDA the ones that fit a few minutes, with the pin-memory thread test.
+PROXY_DEFAULT_VARIANTS: Dict[str, Tuple[str, ...]] = {
+    "cpu": tuple(v for v in PROXY_VARIANTS if v != "plain-pin_memory"),
+    "cuda": ("plain", "plain_raw", "plain_raw_preloaded", "lad", "lad_raw", "plain-extras", "lad-extras",
+             "plain-pin_memory"),
+}
 
 
 def _variant_label(name: str) -> str:
     path, kind, abl = PROXY_VARIANTS[name]
-    base = f"{'LAD' if path == 'lad' else 'plain'} {'raw loop' if kind == 'raw' else 'Trainer'}"
+    base = f"{'LAD' if path == 'lad' else 'plain'} " + {"raw": "raw loop", "raw_preloaded": "raw loop over 4 batches "
+                                                        "pre-loaded on the device (no DataLoader)"}.get(kind, "Trainer")
     if not abl:
         return base
     if set(abl) == set(LAD_EXTRAS) or (path == "plain" and set(abl) == {"nonfinite", "check_labels"}):
@@ -1045,36 +1067,57 @@ def run_proxy_rounds(cfg: BenchConfig, variants: Sequence[str], train_ds, collat
     n_steps = cfg.warmup + cfg.steps
     # raw loops persist across rounds; a trainer is built afresh for every run (outside the timing): a second
     # train() of one trainer would let accelerate wrap the model's forward in autocast once more under bf16
-    raw = {name: RawLoop(cfg, PROXY_VARIANTS[name][0], train_ds, collator, out_dir, n_steps)
-           for name in variants if PROXY_VARIANTS[name][1] == "raw"}
+    raw = {name: RawLoop(cfg, PROXY_VARIANTS[name][0], train_ds, collator, out_dir, n_steps,
+                         preload=4 if PROXY_VARIANTS[name][1] == "raw_preloaded" else 0)
+           for name in variants if PROXY_VARIANTS[name][1] != "trainer"}
     per_round: Dict[str, List[Dict[str, float]]] = {name: [] for name in variants}
+    setup: Dict[str, List[Dict[str, float]]] = {name: [] for name in variants if PROXY_VARIANTS[name][1] == "trainer"}
     order = list(variants)
+    t_rounds = time.perf_counter()
     for r in range(cfg.rounds):
+        elapsed = time.perf_counter() - t_rounds
+        if r and cfg.time_budget_s and elapsed + elapsed / r > cfg.time_budget_s:
+            log(f"[proxy] stopping after {r} rounds: another would pass --time_budget_s {cfg.time_budget_s:g}")
+            break
         rot = order[r % len(order):] + order[: r % len(order)]
         for name in rot:
             path, kind, abl = PROXY_VARIANTS[name]
-            if kind == "raw":
+            if kind != "trainer":
                 t = raw[name].run(n_steps)
             else:
+                t0 = time.perf_counter()
                 trainer = build_proxy_trainer(cfg, path, train_ds, collator, out_dir, n_steps, abl)
                 timer = StepTimer(cfg.device)
                 trainer.add_callback(timer)
+                t1 = time.perf_counter()
                 trainer.train()
                 _sync(cfg.device)
+                t2 = time.perf_counter()
                 t = {"begin": timer.begin, "end": timer.end, "cpu_begin": timer.cpu_begin, "cpu_end": timer.cpu_end}
                 del trainer
                 _free_memory()
+                # where a run's time outside the timed steps goes (trainer build, DataLoader start, teardown)
+                setup[name].append({"build_s": t1 - t0, "to_first_step_s": t["begin"][0] - t1 if t["begin"] else None,
+                                    "after_last_step_s": t2 - t["end"][-1] if t["end"] else None,
+                                    "free_s": time.perf_counter() - t2})
             wall = _finish_row(Row(name, name, cfg.batch_size), t["begin"], t["end"], cfg.warmup)
             cpu = _finish_row(Row(name, name, cfg.batch_size), t["cpu_begin"], t["cpu_end"], cfg.warmup)
             row = cpu if cfg.clock == "cpu" else wall
             per_round[name].append({"ms_step": row.ms_step, "ms_min": row.ms_min, "ms_wall": wall.ms_wall,
                                     "ms_step_wall": wall.ms_step, "ms_step_cpu": cpu.ms_step})
-        log(f"[proxy] round {r + 1}/{cfg.rounds}: " + ", ".join(
+        log(f"[proxy] round {r + 1}/{cfg.rounds} ({time.perf_counter() - t_rounds:.0f} s): " + ", ".join(
             f"{n} {per_round[n][-1]['ms_step']:.2f}" for n in variants))
+    first = next(iter(setup.values()), None)
+    if first:
+        log("[proxy] per trainer run outside the timed steps (s, first variant, medians): " + ", ".join(
+            f"{k} {_fmt(_median([x[k] for x in first]), 2)}" for k in first[0]))
     del raw
     _free_memory()
 
-    out: Dict[str, Any] = {"variants": {}, "comparisons": [], "ablations": []}
+    out: Dict[str, Any] = {"variants": {}, "comparisons": [], "ablations": [],
+                           "rounds_done": min(len(v) for v in per_round.values()),
+                           "trainer_run_overhead_s": {name: {k: _median([x[k] for x in runs]) for k in runs[0]}
+                                                      for name, runs in setup.items() if runs}}
     for name in variants:
         steps = [x["ms_step"] for x in per_round[name]]
         out["variants"][name] = {
@@ -1300,6 +1343,12 @@ def format_proxy(result: Dict[str, Any]) -> Dict[str, str]:
         lines.append(f"| `{name}`: {v['label']} | {_fmt(v['ms_step'], 2)} | {rounds} | {_fmt(v['ms_min'], 2)} | "
                      f"{_fmt(v.get('ms_step_wall'), 2)} | {_fmt(v.get('ms_step_cpu'), 2)} | {_fmt(v['ms_wall'], 2)} |")
     t["variants"] = "\n".join(lines)
+    ov = px["rounds"].get("trainer_run_overhead_s") or {}
+    if ov:
+        t["run_overhead"] = ("Time of a Trainer run outside its timed steps (median s over rounds; not part of any "
+                             "ms/step): " + "; ".join(f"`{n}` " + ", ".join(f"{k[:-2].replace('_', ' ')} {_fmt(v, 2)}"
+                                                                           for k, v in o.items())
+                                                      for n, o in list(ov.items())[:3]) + ".")
     lines = ["| comparison | difference ms/step (median, [min, max] over rounds) | ratio (median, [min, max]) |",
              "|---|---:|---:|"]
     for c in px["rounds"]["comparisons"]:
@@ -1332,26 +1381,52 @@ def format_proxy(result: Dict[str, Any]) -> Dict[str, str]:
         lines.append("| **step total (median, fetch to fetch)** | " + " | ".join(f"**{v:.3f}**" for v in tot) +
                      f" | **{d1:.3f}** | **{d2:.3f}** |")
         t["breakdown"] = "\n".join(lines)
+    mi = px.get("micro")
+    if mi:
+        bd = px.get("breakdown") or {}
+        lines = ["| per-step extra | µs per call (median) | calls per step | ms per step |", "|---|---:|---:|---:|"]
+        for r in mi:
+            lines.append(f"| {r['item']} | {r['us_per_call']:.1f} | {r['calls_per_step']} | {r['ms_per_step']:.3f} |")
+        t["micro"] = "\n".join(lines)
     pr = px.get("profile")
     if pr:
-        parts = []
-        for path, info in pr.items():
-            dev = info.get("device_busy_ms")
-            busy = "" if dev is None else (f"; device busy {dev:.2f} ms of {_fmt(info['step_ms'], 2)} ms "
-                                           f"({dev / info['step_ms'] * 100:.0f}%)" if info.get("step_ms") else "")
-            parts.append(f"### {path} Trainer step: {_fmt(info['step_ms'], 2)} ms fetch to fetch, "
-                         f"{info['n_ops']} aten op calls{busy}\n")
-            parts.append("record_function ranges (inclusive CPU time, one step):\n")
-            parts.append("| phase | calls | CPU total ms | self device ms |\n|---|---:|---:|---:|")
+        cuda = result["config"]["device"] == "cuda"
+        parts = ["| step (one, after warm-up) | ms fetch to fetch | aten op calls |" + (" device busy ms |" if cuda else ""),
+                 "|---|---:|---:|" + ("---:|" if cuda else "")]
+        for key in ("plain", "plain_raw", "lad", "lad_raw"):
+            info = pr.get(key)
+            if info:
+                parts.append(f"| {key} | {_fmt(info['step_ms'], 2)} | {info['n_ops']} |" +
+                             (f" {_fmt(info['device_busy_ms'], 2)} |" if cuda else ""))
+        parts.append("")
+        for path in ("plain", "lad"):
+            extra = pr.get(f"{path}_extra_ops") or []
+            if extra:
+                parts.append(f"aten operators the {path} Trainer step calls more often than its raw loop "
+                             f"({sum(r['extra_calls'] for r in extra):+d} calls in all):\n")
+                parts.append("| operator | Trainer calls | raw calls | extra |\n|---|---:|---:|---:|")
+                for r in extra[:25]:
+                    parts.append(f"| `{r['name']}` | {r['trainer_calls']} | {r['raw_calls']} | {r['extra_calls']:+d} |")
+                parts.append("")
+        for path in ("plain", "lad"):
+            info = pr.get(path)
+            if not info:
+                continue
+            parts.append(f"### {path} Trainer step\n")
+            parts.append("record_function ranges (inclusive time, this one step):\n")
+            parts.append("| phase | calls | CPU total ms |" + (" self device ms |" if cuda else "") +
+                         "\n|---|---:|---:|" + ("---:|" if cuda else ""))
             for p in PHASE_ORDER:
                 r = info["ranges"].get(p)
                 if r:
-                    parts.append(f"| {p} | {r['calls']} | {r['cpu_total_ms']:.3f} | {r['self_device_ms']:.3f} |")
+                    parts.append(f"| {p} | {r['calls']} | {r['cpu_total_ms']:.3f} |" +
+                                 (f" {r['self_device_ms']:.3f} |" if cuda else ""))
             parts.append("\nTop operators by self CPU time:\n")
-            parts.append("| operator | calls | self CPU ms | CPU total ms | self device ms |\n|---|---:|---:|---:|---:|")
+            parts.append("| operator | calls | self CPU ms | CPU total ms |" + (" self device ms |" if cuda else "") +
+                         "\n|---|---:|---:|---:|" + ("---:|" if cuda else ""))
             for r in info["top_cpu_ops"][:20]:
-                parts.append(f"| `{r['name']}` | {r['calls']} | {r['self_cpu_ms']:.3f} | {r['cpu_total_ms']:.3f} | "
-                             f"{r['self_device_ms']:.3f} |")
+                parts.append(f"| `{r['name']}` | {r['calls']} | {r['self_cpu_ms']:.3f} | {r['cpu_total_ms']:.3f} |" +
+                             (f" {r['self_device_ms']:.3f} |" if cuda else ""))
             if info.get("top_device_ops"):
                 parts.append("\nTop operators by self device time:\n")
                 parts.append("| operator | calls | self device ms | self CPU ms |\n|---|---:|---:|---:|")
@@ -1377,7 +1452,7 @@ def render_proxy(result: Dict[str, Any], tables: Dict[str, str]) -> Tuple[str, s
              f"{cfg['lad_teacher']} + label channel, {cfg['height']}x{cfg['width']} px, batch {cfg['batch_size']}, "
              f"{cfg['num_labels']} classes, {'bf16 autocast' if cfg['device'] == 'cuda' and cfg['bf16'] else 'fp32'}, "
              f"dataloader_num_workers={cfg['num_workers']}, {cfg['steps']} timed steps after {cfg['warmup']} warm-up "
-             f"per run, {cfg['rounds']} interleaved rounds")
+             f"per run, {result['proxy']['rounds']['rounds_done']} interleaved rounds")
     head = [
         f"- date (UTC): {result['date_utc']}",
         f"- command: `{cfg['command']}`",
@@ -1401,7 +1476,8 @@ def render_proxy(result: Dict[str, Any], tables: Dict[str, str]) -> Tuple[str, s
     main = "\n".join([f"# lad_hf Trainer overhead proxy ({m['device_name']})", ""] + head + [
         how, "", "## Trainer vs raw loop, LAD vs plain", "", tables["comparisons"], "",
         "## Candidate causes, switched off one at a time", "", tables["ablations"], "",
-        "## Every variant", "", tables["variants"], "",
+        "## Host cost of each candidate, per call (tight loop)", "", tables.get("micro", "(not run)"), "",
+        "## Every variant", "", tables["variants"], "", tables.get("run_overhead", ""), "",
         "## Host-time breakdown", "", f"See `{os.path.basename(result['profile_output'])}`.", "",
         "## Evaluation metric micro-benchmark", "", result["miou_text"], ""])
     prof = "\n".join([f"# Where a Trainer step's host time goes ({m['device_name']})", ""] + head + [
@@ -1412,7 +1488,8 @@ def render_proxy(result: Dict[str, Any], tables: Dict[str, str]) -> Tuple[str, s
         "On CUDA the times are host (launch) times, and the sync at the step "
         "boundary shows how long the host then waits for the device.", "",
         tables.get("breakdown", "(not run)"), "",
-        "## torch.profiler: one plain and one LAD Trainer step", "",
+        "## Host cost of each candidate, per call (tight loop)", "", tables.get("micro", "(not run)"), "",
+        "## torch.profiler: one plain and one LAD Trainer step (and the raw loops' operator counts)", "",
         tables.get("profile", "(not run)"), ""])
     return main, prof
 
@@ -1431,7 +1508,8 @@ def run_proxy(cfg: BenchConfig, write: bool = True, log: Callable[[str], None] =
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
     try:
-        variants = [v.strip() for v in (cfg.variants or ",".join(PROXY_DEFAULT_VARIANTS)).split(",") if v.strip()]
+        default = ",".join(PROXY_DEFAULT_VARIANTS["cuda" if cfg.cuda else "cpu"])
+        variants = [v.strip() for v in (cfg.variants or default).split(",") if v.strip()]
         unknown = [v for v in variants if v not in PROXY_VARIANTS]
         if unknown:
             raise SystemExit(f"unknown --variants {unknown}; choose from {list(PROXY_VARIANTS)}")
@@ -1449,7 +1527,7 @@ def run_proxy(cfg: BenchConfig, write: bool = True, log: Callable[[str], None] =
             log(f"[proxy] rounds done in {time.perf_counter() - t:.1f} s")
             if cfg.breakdown:
                 t = time.perf_counter()
-                proxy["breakdown"] = run_proxy_breakdown(cfg, train_ds, collator, tmp, log)
+                proxy["breakdown"] = run_proxy_breakdown(cfg, train_ds, collator, tmp, log, cfg.breakdown_rounds)
                 log(f"[breakdown] done in {time.perf_counter() - t:.1f} s")
             if cfg.breakdown:
                 proxy["micro"] = run_proxy_micro(cfg, train_ds, collator, tmp, log)
@@ -1477,7 +1555,7 @@ def run_proxy(cfg: BenchConfig, write: bool = True, log: Callable[[str], None] =
     result["profile_output"] = profile_output(cfg)
     tables = format_proxy(result)
     result["tables"] = tables
-    for key in ("comparisons", "ablations", "variants", "breakdown"):
+    for key in ("comparisons", "ablations", "variants", "breakdown", "micro"):
         if key in tables:
             log("")
             log(tables[key])

@@ -141,7 +141,8 @@ def _describe(tp) -> str:
         return "a mapping"
     if _is_enum(tp):
         return "one of " + ", ".join(json.dumps(e.value) for e in tp)
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(value, tp):
@@ -222,8 +223,28 @@ def _field_default(f):
     return MISSING
 
 
+def _recipe_fix(key: str, value, tp, f) -> str:
+    """How to write the value instead (appended to the error line)."""
+    expected, default = _describe(tp), _field_default(f)
+    if value is None:
+        return "" if default is MISSING else f"; delete the line to keep the default ({json.dumps(default, default=str)})"
+    if isinstance(value, bool) and ("string" in expected or "one of" in expected):
+        word = "no" if value is False else "yes"
+        return f"; YAML reads yes/no/on/off/true/false as booleans: quote the value (e.g. {key}: \"{word}\")"
+    if isinstance(value, float) and "an integer" in expected and value == value and abs(value) != float("inf"):
+        return f" (e.g. {key}: {int(value)})"
+    if not isinstance(value, list) and expected.startswith("a list"):
+        return f"; write a YAML list (e.g. {key}: [{json.dumps(value, default=str)}])"
+    if default not in (MISSING, None) and not isinstance(default, (list, dict)):
+        example = default.value if isinstance(default, Enum) else default
+        return f" (e.g. {key}: {json.dumps(example, default=str)})"
+    return ""
+
+
 def check_recipe_values(recipe: Dict, types: Sequence[type], path: str) -> Dict:
-    """Type-check (and convert) the recipe's values against the fields of ``types``; one LADError naming file and key."""
+    """Type-check (and convert) the recipe's values against the fields of ``types``.
+
+    Refusals are one LADError naming the recipe file and the key, raised before anything loads."""
     owners: Dict[str, Tuple[type, object]] = {}
     for t in types:
         hints = typing.get_type_hints(t)
@@ -236,26 +257,13 @@ def check_recipe_values(recipe: Dict, types: Sequence[type], path: str) -> Dict:
         try:
             converted = _coerce(value, tp)
         except _Mismatch:
-            default = _field_default(f)
-            if value is None:
-                fix = f"; delete the line to keep the default ({json.dumps(default, default=str)})" if default is not MISSING else ""
-            elif isinstance(value, bool) and "true or false" not in _describe(tp):
-                fix = (f"; YAML reads yes/no/on/off/true/false as booleans: quote the value (e.g. {key}: \"no\")"
-                       if "string" in _describe(tp) or "one of" in _describe(tp) else "")
-            elif isinstance(value, float) and "an integer" in _describe(tp) and value == value and abs(value) != float("inf"):
-                fix = f" (e.g. {key}: {int(value)})"
-            elif not isinstance(value, list) and _describe(tp).startswith("a list"):
-                fix = f"; write a YAML list (e.g. {key}: [{shown}])"
-            else:
-                fix = ""
-            if not fix and default not in (MISSING, None) and not isinstance(default, (list, dict)):
-                fix = f" (e.g. {key}: {json.dumps(default.value if isinstance(default, Enum) else default, default=str)})"
+            fix = _recipe_fix(key, value, tp, f)
             raise LADError(f"recipe {path!r}: {key}: {shown} is not {_describe(tp)}{fix}") from None
         choices = f.metadata.get("choices")
         if choices and converted is not None:
-            bad = [v for v in (converted if isinstance(converted, list) else [converted]) if v not in choices]
-            if bad:
-                raise LADError(f"recipe {path!r}: {key}: {shown} is not one of {', '.join(json.dumps(c) for c in choices)}")
+            if any(v not in choices for v in (converted if isinstance(converted, list) else [converted])):
+                allowed = ", ".join(json.dumps(c) for c in choices)
+                raise LADError(f"recipe {path!r}: {key}: {shown} is not one of {allowed}")
         out[key] = converted
     return out
 
@@ -368,8 +376,8 @@ def check_model_channels(config, what: str) -> None:
     if is_label_assisted(config):
         img = int(getattr(config, "label_assisted_image_channels", c - 1))
         if img != RGB_CHANNELS or c != img + 1:
-            raise LADError(f"{what} is label-assisted with {c} input channels ({img} image + 1 label), but lad-hf feeds "
-                           f"RGB images: it needs {RGB_CHANNELS} + 1 = {RGB_CHANNELS + 1}")
+            raise LADError(f"{what} is label-assisted with {c} input channels ({img} image + 1 label), but lad-hf "
+                           f"feeds RGB images: it needs {RGB_CHANNELS} + 1 = {RGB_CHANNELS + 1}")
         return
     if c != RGB_CHANNELS:
         if c == RGB_CHANNELS + 1:
@@ -391,15 +399,17 @@ def teacher_config(path: str, trust_remote_code: bool = False):
 
     flag = "--teacher_model_name_or_path"
     if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "adapter_config.json")) and not os.path.isfile(os.path.join(path, "config.json")):
+        has_config = os.path.isfile(os.path.join(path, "config.json"))
+        if not has_config and os.path.isfile(os.path.join(path, "adapter_config.json")):
             return None  # a LoRA folder: its base model's config is resolved when the teacher loads
-        if not os.path.isfile(os.path.join(path, "config.json")):
+        if not has_config:
             raise LADError(f"{flag} {path!r} has no config.json; pass the --output_dir of `lad-hf teacher` (or of "
                            "`lad-hf train` for a plain teacher): a folder with config.json and model.safetensors")
     elif os.path.exists(path):
         raise LADError(f"{flag} {path!r} is a file; pass the folder that holds the teacher's config.json and weights")
     elif _looks_like_local_path(path):
-        raise LADError(f"{flag} {path!r} does not exist; pass the --output_dir of `lad-hf teacher` or a Hub id (user/name)")
+        raise LADError(f"{flag} {path!r} does not exist; pass the --output_dir of `lad-hf teacher` or a Hub id "
+                       "(user/name)")
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -814,7 +824,8 @@ def io_error_line(e: BaseException) -> str:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     path = _RUN.get("output_dir")
     where = f" while writing {path!r}" if path else ""
-    hint = " (the disk is full: free space or choose another --output_dir)" if "StorageFull" in first or "No space" in first else ""
+    full = "StorageFull" in first or "No space" in first
+    hint = " (the disk is full: free space or choose another --output_dir)" if full else ""
     return f"I/O error{where}: {first}{hint}"
 
 

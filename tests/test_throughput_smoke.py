@@ -31,7 +31,7 @@ def test_every_row_is_timed_and_the_report_is_written(throughput, tmp_path):
     tp = throughput
     cfg = tp.BenchConfig(
         device="cpu", quick=True, height=64, width=64, batch_size=2, num_labels=5, steps=3, warmup=1,
-        eval_images=2, num_workers=1, unique_images=2, student="tiny", lad_teacher="tiny", cwd_teacher="tiny_big",
+        eval_images=2, num_workers=1, unique_images=2, student="tiny", lad_teacher="tiny", cwd_teacher="small",
         compile=False, miou_masks=3, miou_height=64, miou_width=64, miou_reps=1,
         output=str(tmp_path / "throughput_smoke.md"), command="pytest smoke",
     )
@@ -62,7 +62,7 @@ def test_every_row_is_timed_and_the_report_is_written(throughput, tmp_path):
     assert statuses["LAD / plain student"] in ("PASS", "FAIL")
     assert statuses["Trainer plain / raw loop"] in ("PASS", "FAIL")
     assert statuses["teacher dual / single path"] in ("PASS", "FAIL")
-    assert statuses["CWD-TINY_BIG / LAD"] == "N/A"  # a GPU target with a B5 teacher
+    assert statuses["CWD-SMALL / LAD"] == "N/A"  # a GPU target with a B5 teacher
     assert result["miou"]["same_confusion"] is True
     assert _finite_positive(result["miou"]["streaming_s"]) and _finite_positive(result["miou"]["numpy_bincount_s"])
 

@@ -184,3 +184,15 @@ def test_bad_inputs_get_clear_errors(tmp_path, tensor_dataset):
         trainer.compute_loss(model, dict(batch, pixel_values=torch.randn(4, 4, 32, 32)))
     with pytest.raises(LADError, match="consistency_loss"):
         _args(tmp_path, consistency_loss="nope")
+
+
+def test_sliding_window_evaluation(tmp_path, tensor_dataset):
+    """--eval_window_size: the teacher (with its label channel) is evaluated window by window."""
+    model = label_assisted_segformer(seed=0)
+    small = tensor_dataset.select(range(4))
+    whole = LADTeacherTrainer(model=model, args=_args(tmp_path, eval_stability_draws=0), eval_dataset=small).evaluate()
+    tiled = LADTeacherTrainer(model=model, args=_args(tmp_path, eval_stability_draws=0, eval_window_size=16,
+                                                      eval_window_stride=8), eval_dataset=small).evaluate()
+    for m in (whole, tiled):
+        assert 0 <= m["eval_mean_iou"] <= 1 and "eval_label_gain" in m
+    assert tiled["eval_loss"] != whole["eval_loss"]  # the windows see less context: not the whole-image logits
