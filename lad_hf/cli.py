@@ -23,400 +23,19 @@ Rules of the command line:
 
 from __future__ import annotations
 
-import argparse
 import difflib
-import errno
 import json
 import logging
 import os
 import sys
-import typing
-from dataclasses import MISSING, dataclass, field, fields
-from enum import Enum
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
 
+from .checks import _RUN, check_model_channels, check_output_dir, io_error_line, is_write_failure, teacher_config
 from .errors import LADError
+from .parsing import parse_args, parse_values, build_dataclasses
 
 logger = logging.getLogger("lad_hf")
-
-
-# ------------------------------------------------------------------------------------------------ parsing
-
-
-def _known_fields(types) -> Dict[str, object]:
-    return {f.name: t for t in types for f in fields(t)}
-
-
-def _parser_class():
-    from transformers import HfArgumentParser
-
-    class _Parser(HfArgumentParser):
-        """argparse refusals (bad value, invalid choice, missing required flag) become one LADError line."""
-
-        def error(self, message):
-            raise LADError(message.strip().splitlines()[0])
-
-    return _Parser
-
-
-def _first_doc_line(t) -> str:
-    for line in (t.__doc__ or "").strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
-
-
-def build_parser(types: Sequence[type], command: Optional[str] = None, description: Optional[str] = None):
-    """The argument parser of a command: ``--config`` first, then the lad_hf dataclasses' own options, then the
-    inherited ``TrainingArguments`` options (argument groups in that order). No abbreviations (``allow_abbrev=False``).
-    Options shared by several dataclasses (``ignore_index``, ``trust_remote_code``) become one flag feeding all."""
-    from transformers import HfArgumentParser, TrainingArguments
-
-    prog = f"lad-hf {command}" if command else "lad-hf"
-    parser = _parser_class()(
-        prog=prog, usage=f"{prog} [--config recipe.yaml] [--key value ...]", description=description,
-        allow_abbrev=False, conflict_handler="resolve", add_help=False,
-    )
-    parser.add_argument(
-        "--config", metavar="recipe.yaml", default=argparse.SUPPRESS,
-        help="YAML recipe: each key sets the default of the option of that name (values are type-checked before "
-             "anything loads); --key value on the command line overrides it.",
-    )
-    parser.add_argument("-h", "--help", action="help", default=argparse.SUPPRESS, help="Show this help and exit.")
-    trainer_fields = {f.name for f in fields(TrainingArguments)}
-    inherited = []
-    for t in types:
-        hints = typing.get_type_hints(t)
-        is_training = isinstance(t, type) and issubclass(t, TrainingArguments)
-        own = [f for f in fields(t) if f.init and not (is_training and f.name in trainer_fields)]
-        if own:
-            desc = (f"lad_hf options of {t.__name__} (the inherited TrainingArguments options follow)" if is_training
-                    else _first_doc_line(t))
-            group = parser.add_argument_group(t.__name__, desc)
-            for f in own:
-                f.type = hints[f.name]  # HfArgumentParser narrows field.type in place; start from the declaration
-                HfArgumentParser._parse_dataclass_field(group, f)
-        if is_training:
-            inherited.append((t, hints))
-    for t, hints in inherited:
-        group = parser.add_argument_group(
-            "TrainingArguments", "transformers' Trainer options (defaults are lad_hf's where it changes them; see "
-                                 "https://huggingface.co/docs/transformers/main_classes/trainer)")
-        for f in fields(t):
-            if f.init and f.name in trainer_fields:
-                f.type = hints[f.name]
-                HfArgumentParser._parse_dataclass_field(group, f)
-    return parser
-
-
-# recipe values: checked (and converted as the command line would) against the declared field types
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _is_enum(tp) -> bool:
-    return isinstance(tp, type) and issubclass(tp, Enum)
-
-
-def _describe(tp) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union or type(tp).__name__ == "UnionType":
-        members = [a for a in args if a is not type(None)]
-        if any(_is_enum(m) for m in members):
-            members = [m for m in members if m is not str]
-        return " or ".join(_describe(m) for m in members)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(json.dumps(a) for a in args)
-    if origin is list or tp is list:
-        if not args:
-            return "a list"
-        inner = _describe(args[0])
-        for article in ("a ", "an "):
-            if inner.startswith(article):
-                return f"a list of {inner[len(article):]}s"
-        return f"a list of values, each {inner}"
-    if origin is dict or tp is dict:
-        return "a mapping"
-    if _is_enum(tp):
-        return "one of " + ", ".join(json.dumps(e.value) for e in tp)
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _coerce(value, tp):
-    """``value`` as the field type ``tp`` wants it, or _Mismatch. Strings are read as argparse reads them."""
-    from transformers.hf_argparser import string_to_bool
-
-    if tp is typing.Any:
-        return value
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union or type(tp).__name__ == "UnionType":
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _Mismatch
-        members = [a for a in args if a is not type(None)]
-        if any(_is_enum(m) for m in members):  # `IntervalStrategy | str`: the enum's values only
-            members = [m for m in members if m is not str]
-        for m in members:
-            try:
-                return _coerce(value, m)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if value is None:
-        raise _Mismatch
-    if origin is typing.Literal:
-        if any(value == a and type(value) is type(a) for a in args):
-            return value
-        raise _Mismatch
-    if origin is list or tp is list:
-        if not isinstance(value, list):
-            raise _Mismatch
-        return [_coerce(v, args[0]) for v in value] if args else value
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch
-        return value
-    if _is_enum(tp):
-        if isinstance(value, tp):
-            return value
-        if isinstance(value, str) and value in [e.value for e in tp]:
-            return value
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return string_to_bool(value)
-            except argparse.ArgumentTypeError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is int or tp is float:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int) or (tp is float and isinstance(value, float)):
-            return tp(value)
-        if isinstance(value, str):
-            try:
-                return tp(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise _Mismatch
-    return value  # types no recipe can spell (e.g. accelerate's ParallelismConfig) are left to the dataclass
-
-
-def _field_default(f):
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return MISSING
-
-
-def _recipe_fix(key: str, value, tp, f) -> str:
-    """How to write the value instead (appended to the error line)."""
-    expected, default = _describe(tp), _field_default(f)
-    if value is None:
-        return "" if default is MISSING else f"; delete the line to keep the default ({json.dumps(default, default=str)})"
-    if isinstance(value, bool) and ("string" in expected or "one of" in expected):
-        word = "no" if value is False else "yes"
-        return f"; YAML reads yes/no/on/off/true/false as booleans: quote the value (e.g. {key}: \"{word}\")"
-    if isinstance(value, float) and "an integer" in expected and value == value and abs(value) != float("inf"):
-        return f" (e.g. {key}: {int(value)})"
-    if not isinstance(value, list) and expected.startswith("a list"):
-        return f"; write a YAML list (e.g. {key}: [{json.dumps(value, default=str)}])"
-    if default not in (MISSING, None) and not isinstance(default, (list, dict)):
-        example = default.value if isinstance(default, Enum) else default
-        return f" (e.g. {key}: {json.dumps(example, default=str)})"
-    return ""
-
-
-def check_recipe_values(recipe: Dict, types: Sequence[type], path: str) -> Dict:
-    """Type-check (and convert) the recipe's values against the fields of ``types``.
-
-    Refusals are one LADError naming the recipe file and the key, raised before anything loads."""
-    owners: Dict[str, Tuple[type, object]] = {}
-    for t in types:
-        hints = typing.get_type_hints(t)
-        for f in fields(t):
-            owners.setdefault(f.name, (hints[f.name], f))
-    out = {}
-    for key, value in recipe.items():
-        tp, f = owners[key]
-        shown = json.dumps(value, default=str)
-        try:
-            converted = _coerce(value, tp)
-        except _Mismatch:
-            fix = _recipe_fix(key, value, tp, f)
-            raise LADError(f"recipe {path!r}: {key}: {shown} is not {_describe(tp)}{fix}") from None
-        choices = f.metadata.get("choices")
-        if choices and converted is not None:
-            if any(v not in choices for v in (converted if isinstance(converted, list) else [converted])):
-                allowed = ", ".join(json.dumps(c) for c in choices)
-                raise LADError(f"recipe {path!r}: {key}: {shown} is not one of {allowed}")
-        out[key] = converted
-    return out
-
-
-def _split_config(argv: List[str]) -> Tuple[List[str], Optional[str]]:
-    argv = list(argv)
-    for i, a in enumerate(argv):
-        if a.startswith("--config="):
-            argv[i : i + 1] = ["--config", a.split("=", 1)[1]]
-    config_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-            raise LADError("--config needs a path to a YAML recipe")
-        config_path = argv[i + 1]
-        del argv[i : i + 2]
-        if "--config" in argv:
-            raise LADError("--config is given twice; pass one recipe (override its values with --key value)")
-    return argv, config_path
-
-
-def _load_recipe(config_path: str, types: Sequence[type]) -> Dict:
-    import yaml
-
-    if not os.path.isfile(config_path):
-        raise LADError(f"recipe {config_path!r} not found")
-    with open(config_path) as f:
-        try:
-            recipe = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise LADError(f"recipe {config_path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(recipe, dict):
-        raise LADError(f"recipe {config_path!r} must be a mapping of argument names to values")
-    known = _known_fields(types)
-    for key in recipe:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), list(known), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise LADError(f"recipe {config_path!r}: unknown key {key!r}{hint}")
-    return check_recipe_values(recipe, types, config_path)
-
-
-def parse_values(types: Sequence[type], argv: Sequence[str], command: Optional[str] = None,
-                 description: Optional[str] = None) -> Dict[str, object]:
-    """``--config recipe.yaml`` sets defaults (every key a real argument of the right type); ``--key value`` overrides
-    them. Returns the parsed values by field name (before the dataclasses are built). ``-h``/``--help`` prints the
-    command's help and raises ``SystemExit(0)``."""
-    argv = list(argv)
-    if "-h" in argv or "--help" in argv:
-        build_parser(types, command, description).print_help()
-        raise SystemExit(0)
-    argv, config_path = _split_config(argv)
-    recipe = _load_recipe(config_path, types) if config_path else {}
-    parser = build_parser(types, command, description)
-    if recipe:
-        parser.set_defaults(**recipe)
-    namespace, unknown = parser.parse_known_args(argv)
-    if unknown:
-        flags = [u for u in unknown if u.startswith("-")] or unknown
-        flag = flags[0].split("=", 1)[0]
-        name, known = flag.lstrip("-").replace("-", "_"), list(_known_fields(types))
-        prefixed = [k for k in known if name and k.startswith(name)]  # an abbreviation: never expanded silently
-        close = prefixed[:3] or difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
-        if prefixed:
-            hint += " (options are never abbreviated)"
-        raise LADError(f"unknown argument {flag}{hint}")
-    return vars(namespace)
-
-
-def build_dataclasses(types: Sequence[type], values: Dict[str, object]) -> Tuple:
-    try:
-        return tuple(t(**{f.name: values[f.name] for f in fields(t) if f.init and f.name in values}) for t in types)
-    except (ValueError, TypeError) as e:  # raised by a dataclass __post_init__ (TrainingArguments checks)
-        raise LADError(f"invalid arguments: {str(e).strip().splitlines()[0]}") from None
-
-
-def parse_args(types: Sequence[type], argv: Sequence[str], command: Optional[str] = None,
-               description: Optional[str] = None) -> Tuple:
-    """``--config recipe.yaml`` sets defaults (every key must be a real argument); ``--key value`` overrides them."""
-    return build_dataclasses(types, parse_values(types, argv, command, description))
-
-
-# ------------------------------------------------------------------------------------------------ checks before loading
-
-
-def check_output_dir(path: str, flag: str = "--output_dir") -> None:
-    """The folder can be created and written (nothing is created here): else one line naming the path."""
-    probe = os.path.abspath(os.path.expanduser(path))
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise LADError(f"{flag} {path!r} cannot be created: {probe!r} is a file, not a folder; choose another {flag}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise LADError(f"{flag} {path!r} is not writable ({probe!r} is read-only for this user); choose a folder you "
-                       f"may write to")
-
-
-RGB_CHANNELS = 3  # lad_hf's data pipeline decodes every image to RGB
-
-
-def check_model_channels(config, what: str) -> None:
-    """The model takes RGB images: 3 input channels, or 3 + 1 for a label-assisted model."""
-    from .models import image_channels, is_label_assisted
-
-    c = image_channels(config)
-    if is_label_assisted(config):
-        img = int(getattr(config, "label_assisted_image_channels", c - 1))
-        if img != RGB_CHANNELS or c != img + 1:
-            raise LADError(f"{what} is label-assisted with {c} input channels ({img} image + 1 label), but lad-hf "
-                           f"feeds RGB images: it needs {RGB_CHANNELS} + 1 = {RGB_CHANNELS + 1}")
-        return
-    if c != RGB_CHANNELS:
-        if c == RGB_CHANNELS + 1:
-            raise LADError(f"{what} takes {c} input channels but its config has no `label_assisted: true`; a plain "
-                           f"model takes {RGB_CHANNELS} (RGB) channels, a label-assisted teacher (trained with "
-                           f"`lad-hf teacher`) {RGB_CHANNELS} + 1 and says label_assisted: true in its config.json")
-        raise LADError(f"{what} takes {c} input channel{'s' if c != 1 else ''} (config num_channels={c}), but lad-hf "
-                       f"feeds RGB images: use a model with num_channels={RGB_CHANNELS}")
-
-
-def _looks_like_local_path(path: str) -> bool:
-    return (os.path.isabs(path) or path.startswith((".", "~")) or path.endswith(("/", os.sep)) or "\\" in path
-            or path.count("/") > 1)
-
-
-def teacher_config(path: str, trust_remote_code: bool = False):
-    """Read the teacher's config.json (no weights) and check it before anything loads: one line naming the path."""
-    from transformers import AutoConfig
-
-    flag = "--teacher_model_name_or_path"
-    if os.path.isdir(path):
-        has_config = os.path.isfile(os.path.join(path, "config.json"))
-        if not has_config and os.path.isfile(os.path.join(path, "adapter_config.json")):
-            return None  # a LoRA folder: its base model's config is resolved when the teacher loads
-        if not has_config:
-            raise LADError(f"{flag} {path!r} has no config.json; pass the --output_dir of `lad-hf teacher` (or of "
-                           "`lad-hf train` for a plain teacher): a folder with config.json and model.safetensors")
-    elif os.path.exists(path):
-        raise LADError(f"{flag} {path!r} is a file; pass the folder that holds the teacher's config.json and weights")
-    elif _looks_like_local_path(path):
-        raise LADError(f"{flag} {path!r} does not exist; pass the --output_dir of `lad-hf teacher` or a Hub id "
-                       "(user/name)")
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        where = "" if os.path.isdir(path) else "no such folder here, and as a Hub id: "
-        raise LADError(f"cannot read the config of teacher {path!r}: {where}{str(e).strip().splitlines()[0]}") from None
-    check_model_channels(config, f"teacher {path!r}")
-    return config
 
 
 # ------------------------------------------------------------------------------------------------ shared steps
@@ -480,11 +99,14 @@ def _default_image_processor(model_args, data_args):
     )
 
 
-def _load_data(data_args, training_args, need_train=True):
+def _load_data(model_args, data_args, training_args, need_train=True):
     from .data import load_segmentation_dataset
 
     data_args.ignore_index = training_args.ignore_index
-    ds, id2label = load_segmentation_dataset(data_args, seed=training_args.seed, require_train=need_train)
+    # the Hub options of ModelArguments apply to the dataset too (private datasets, a shared cache)
+    ds, id2label = load_segmentation_dataset(data_args, seed=training_args.seed, require_train=need_train,
+                                             cache_dir=model_args.cache_dir, token=model_args.token,
+                                             trust_remote_code=model_args.trust_remote_code)
     if need_train and "train" not in ds:
         raise LADError(f"no training split {data_args.train_split!r} in {data_args.dataset_name!r}; found {list(ds)}")
     return ds, id2label
@@ -527,7 +149,7 @@ def _prepare(model_args, data_args, training_args, need_train=True):
     from .data import apply_transforms, build_collator
     from .models import build_model
 
-    raw, id2label = _load_data(data_args, training_args, need_train)
+    raw, id2label = _load_data(model_args, data_args, training_args, need_train)
     raw = _check_data(raw, id2label, data_args, training_args)
     _seed(training_args)
     model = build_model(model_args, id2label)
@@ -541,10 +163,13 @@ def _info(model_args, data_args, training_args, extra=None) -> Dict:
     keep = ["max_steps", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed", "label_sigma",
             "class_noise", "pixel_noise", "ignore_mode", "dual_path", "consistency_loss", "consistency_weight",
             "consistency_tau", "distill_loss", "distill_tau", "distill_weight", "fixed_class_encoding",
-            "teacher_model_name_or_path", "run_name"]
+            "teacher_model_name_or_path", "run_name", "eval_window_size", "eval_window_stride"]
     info = {k: getattr(training_args, k) for k in keep if hasattr(training_args, k)}
     info.update(dataset_name=data_args.dataset_name, model_name_or_path=model_args.model_name_or_path,
                 config_name=model_args.config_name, config_overrides=model_args.config_overrides)
+    # how evaluation saw the images (the exported processor and the card's model-index follow it)
+    for k in ("dataset_config_name", "eval_split", "eval_resize", "image_mean", "image_std", "label_set"):
+        info[k] = getattr(data_args, k, None)
     info.update(extra or {})
     return info
 
@@ -553,6 +178,8 @@ def _train_and_save(trainer, model_args, data_args, training_args, extra_info=No
     from .export import write_training_info
 
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if trainer.is_world_process_zero():  # before save_model, which pushes the folder with --push_to_hub
+        write_training_info(training_args.output_dir, _info(model_args, data_args, training_args, extra_info))
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -574,12 +201,19 @@ def _train_and_save(trainer, model_args, data_args, training_args, extra_info=No
 
 # ------------------------------------------------------------------------------------------------ commands
 
-_RUN: Dict[str, str] = {}  # the output folder of the running command: named by I/O errors that carry no path
+
+def _hub_base(model_args) -> str:
+    """The Hub id the weights came from ("" when built from a config): what a LoRA adapter names as its base."""
+    return "" if model_args.config_name else (model_args.model_name_or_path or "")
+
 
 
 def _check_output(args) -> None:
     check_output_dir(args.output_dir)
     _RUN["output_dir"] = args.output_dir
+    if getattr(args, "push_to_hub", False) and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise LADError("--push_to_hub needs the Hub, which is offline (HF_HUB_OFFLINE=1); train without it and push "
+                       "later with `lad-hf export --push_to_hub true`")
 
 
 def cmd_train(argv):
@@ -595,7 +229,7 @@ def cmd_train(argv):
     _check_output(args)
     _setup_logging(args)
     model, proc, ds, collator, _ = _prepare(model_args, data_args, args)
-    model = maybe_apply_lora(model, lora_args, args)
+    model = maybe_apply_lora(model, lora_args, args, base_model_id=_hub_base(model_args))
     collator, proc = prepare_patch_student(model, collator, proc, data_args, args)  # DINOv2: pad to 14, checkpointing
     trainer = SegmentationTrainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds.get("validation"),
                                   data_collator=collator, processing_class=proc)
@@ -640,7 +274,7 @@ def cmd_distill(argv):
     teacher_config(args.teacher_model_name_or_path, args.trust_remote_code)
     _setup_logging(args)
     model, proc, ds, collator, _ = _prepare(model_args, data_args, args)
-    model = maybe_apply_lora(model, lora_args, args)
+    model = maybe_apply_lora(model, lora_args, args, base_model_id=_hub_base(model_args))
     collator, proc = prepare_patch_student(model, collator, proc, data_args, args)  # DINOv2: pad to 14, checkpointing
     # the trainer loads the teacher from args.teacher_model_name_or_path (as TRL's distillation script)
     trainer = LADDistillationTrainer(model=model, args=args, train_dataset=ds["train"],
@@ -694,7 +328,7 @@ def _evaluate(model_args, data_args, args, save: bool):
 
         model = build_model(model_args)
     check_model_channels(model.config, f"the model {path!r}")
-    raw, id2label = _load_data(data_args, args, need_train=False)
+    raw, id2label = _load_data(model_args, data_args, args, need_train=False)
     if "validation" not in raw:
         raise LADError(f"no evaluation split {data_args.eval_split!r} in {data_args.dataset_name!r}")
     if len(id2label) != model.config.num_labels:
@@ -777,64 +411,6 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-_IO_HINTS = {
-    errno.ENOSPC: "the disk is full: free space or choose another --output_dir",
-    errno.EDQUOT: "the disk quota is exceeded: free space or choose another --output_dir",
-    errno.EROFS: "the file system is read-only: choose another --output_dir",
-    errno.EACCES: "permission denied: choose a path you may write to",
-    errno.EPERM: "permission denied: choose a path you may write to",
-    errno.EFBIG: "the file is too large for this file system or limit",
-}
-
-
-def _file_on_the_way(path) -> Optional[str]:
-    """The first part of ``path`` that exists and is a file (why a folder cannot be made there), if any."""
-    probe = os.path.abspath(path)
-    parts = []
-    while True:
-        parts.append(probe)
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    for p in reversed(parts):
-        if os.path.exists(p) and not os.path.isdir(p):
-            return p
-    return None
-
-
-def io_error_line(e: BaseException) -> str:
-    """One line for an I/O failure: what failed, at which path, and what to do."""
-    if isinstance(e, OSError):
-        reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
-        hint = f" ({_IO_HINTS[e.errno]})" if e.errno in _IO_HINTS else ""
-        if e.filename is not None:
-            where = f" at {os.fspath(e.filename)!r}"
-            if getattr(e, "filename2", None) is not None:
-                where += f" -> {os.fspath(e.filename2)!r}"
-            if e.errno in (errno.ENOTDIR, errno.EEXIST):
-                blocker = _file_on_the_way(os.fspath(e.filename))
-                hint = f" ({blocker!r} is a file, not a folder)" if blocker else hint
-        elif _RUN.get("output_dir"):
-            where = f" while writing {_RUN['output_dir']!r}"
-        else:
-            where = ""
-        return f"I/O error{where}: {reason}{hint}"
-    # safetensors / torch.save report write failures as their own types; the output folder is what was being written
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    path = _RUN.get("output_dir")
-    where = f" while writing {path!r}" if path else ""
-    full = "StorageFull" in first or "No space" in first
-    hint = " (the disk is full: free space or choose another --output_dir)" if full else ""
-    return f"I/O error{where}: {first}{hint}"
-
-
-def _is_write_failure(e: BaseException) -> bool:
-    text = str(e)
-    return (type(e).__name__ == "SafetensorError" and "IoError" in text) or (
-        isinstance(e, RuntimeError) and ("PytorchStreamWriter failed" in text or "file write failed" in text))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -861,7 +437,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"lad-hf {cmd}: error: {io_error_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - only write failures of safetensors/torch.save; anything else is a bug
-        if not _is_write_failure(e):
+        if not is_write_failure(e):
             raise
         print(f"lad-hf {cmd}: error: {io_error_line(e)}", file=sys.stderr)
         return 2
