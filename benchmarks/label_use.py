@@ -578,7 +578,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny smoke run (< 60 s), writes to /tmp")
     p.add_argument("--plan", default="main",
-                   choices=["speed", "main", "lr", "stem", "long", "init", "kd", "quick"])
+                   choices=["speed", "main", "lr", "stem", "long", "init", "kd", "bt", "quick"])
     p.add_argument("--regimes", nargs="+", default=["blur0", "blur1", "blur1.5", "blur2.5"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--arch", default="cnn")
@@ -625,6 +625,11 @@ def main(argv=None):
             for regime in args.regimes:
                 st.run(st.spec("baseline", regime, args.arch, lr=lr, seed=args.seeds[0]), splits=("validation",))
                 st.run(st.spec("teacher", regime, args.arch, lr=lr, seed=args.seeds[0]), splits=("validation",))
+    elif args.plan == "bt":  # baseline + LAD teacher only
+        for seed in args.seeds:
+            for regime in args.regimes:
+                st.run(st.spec("baseline", regime, args.arch, seed=seed))
+                st.run(st.spec("teacher", regime, args.arch, seed=seed))
     elif args.plan == "stem":
         for seed in args.seeds:
             for regime in args.regimes:

@@ -26,13 +26,25 @@ the wait for the next batch from the DataLoader and the Trainer's own bookkeepin
 Peak memory is ``torch.cuda.max_memory_allocated`` (reset per row) on CUDA, and the process high-water mark
 ``ru_maxrss`` on CPU (monotonic across rows; the JSON also has the sampled peak RSS of each row).
 
-Also: a micro-benchmark of ``StreamingMeanIoU.update`` against a bare per-image numpy ``bincount`` confusion
-matrix, both timed in this run.
+Also: a micro-benchmark of ``StreamingMeanIoU.update`` (one call per mask and one call for all masks) against a
+bare per-image numpy ``bincount`` confusion matrix, all timed in this run (``--miou_before REV`` adds an earlier
+``lad_hf/metrics.py``).
+
+Overhead proxy (``--cpu_proxy``; ``--proxy`` on any device): the Trainer's per-step overhead over raw PyTorch
+loops doing the same work (plain and LAD paths), the candidate causes switched off one at a time (monkeypatches of
+one trainer instance, made here only), all interleaved over rounds in one process; a per-phase host-time breakdown
+(data, forward, teacher, noiser, losses, backward, optimizer, Trainer bookkeeping); the host cost of each candidate
+in a tight loop; and a ``torch.profiler`` profile of one plain and one LAD Trainer step (CUDA activities on a GPU)
+with the operators the Trainer adds over the raw loop. Writes ``throughput_<device>_proxy.md`` (+ .json) and
+``profile_<device>_proxy.md``. ``--summarize A.json B.json ...`` prints a short table of earlier runs.
 
 Usage::
 
     python benchmarks/throughput.py                       # CUDA if available: 512x1024, batch 8, 19 classes
     python benchmarks/throughput.py --device cpu --quick  # CPU-sized: 128x128, batch 2, a few steps
+    python benchmarks/throughput.py --cpu_proxy           # tiny SegFormer, host overhead dominates (~4 min)
+    python benchmarks/throughput.py --proxy --device cuda --time_budget_s 120 --trace_dir $OUT
+    python benchmarks/throughput.py --device cuda --rows plain,raw,lad,cwd --no_compile --miou_masks 0
 """
 
 from __future__ import annotations
@@ -147,6 +159,7 @@ class BenchConfig:
     miou_before: Optional[str] = None
     time_budget_s: Optional[float] = None  # proxy: start no round that would end after this
     breakdown_rounds: int = 2
+    teardown_demo: bool = False
     clock: str = "wall"  # proxy step clock: "wall" (perf_counter) or "cpu" (the main thread's CPU time)
     summarize: Optional[List[str]] = None
 
@@ -195,6 +208,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
     g.add_argument("--variants", help="comma-separated proxy variants (default: all): " + ",".join(PROXY_VARIANTS))
     g.add_argument("--no_breakdown", action="store_true", help="skip the per-phase host-time breakdown")
     g.add_argument("--breakdown_rounds", type=int, help="runs per column of the breakdown (default 2)")
+    g.add_argument("--teardown_demo", action=argparse.BooleanOptionalAction, default=None,
+                   help="time freeing a trainer with one DataLoader worker three ways (default: on with --cpu_proxy)")
     g.add_argument("--time_budget_s", type=float, help="start no interleaved round that would end after this")
     g.add_argument("--no_profile", action="store_true", help="skip the torch.profiler step profiles")
     g.add_argument("--trace_dir", help="also write the profiled steps as gzipped Chrome traces here")
@@ -227,10 +242,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
         cfg.student, cfg.lad_teacher, cfg.height, cfg.width, cfg.batch_size = "tiny", "tiny", 64, 64, 4
         cfg.steps, cfg.warmup, cfg.rounds, cfg.num_workers, cfg.threads = 20, 5, 5, 0, 1
         cfg.unique_images, cfg.miou_reps, cfg.miou_before, cfg.clock = 8, 5, "b6a1101", "cpu"
+        cfg.teardown_demo = True
     for name in ("height", "width", "batch_size", "num_labels", "steps", "warmup", "eval_images", "num_workers",
                  "cwd_teacher", "compile_steps", "output", "rows", "student", "lad_teacher", "rounds", "variants",
                  "trace_dir", "miou_before", "miou_height", "miou_width", "miou_reps", "threads", "clock",
-                 "breakdown_rounds", "time_budget_s"):
+                 "breakdown_rounds", "time_budget_s", "teardown_demo"):
         if getattr(a, name, None) is not None:
             setattr(cfg, name, getattr(a, name))
     cfg.bf16 = not a.no_bf16
@@ -462,9 +478,28 @@ def time_train(cfg: BenchConfig, row: Row, trainer, warmup: int) -> Row:
     with RSSSampler() as rss:
         trainer.train()
     _sync(cfg.device)
+    release_workers(trainer)
     row.peak_mem_mib = _peak_mib(cfg.device)
     row.row_peak_rss_mib = rss.peak / 2**20
     return _finish_row(row, timer.begin, timer.end, warmup)
+
+
+def release_workers(trainer) -> int:
+    """Shut down the worker processes of the trainer's (persistent-worker) DataLoaders now; returns how many.
+
+    A lad_hf trainer sits in a reference cycle (its ``_NonFiniteGuard`` callback holds the trainer), so only the
+    cyclic garbage collector frees it; by then multiprocessing has finalised the DataLoader's index queues, the
+    workers never get the stop signal, and ``_shutdown_workers`` waits out its 5 s join timeout for every worker
+    (measured: ``measure_worker_teardown``). Shutting them down explicitly after ``train()``/``evaluate()``
+    keeps that wait out of the benchmark's run time (it is never inside a timed step)."""
+    n = 0
+    for dl in list(getattr(trainer.accelerator, "_dataloaders", [])):
+        it = getattr(dl, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+            dl._iterator = None
+            n += 1
+    return n
 
 
 def _free_memory() -> None:
@@ -503,6 +538,7 @@ def bench_plain_and_eval(cfg, train_ds, eval_ds, collator, out_dir, with_eval: b
     ev.row_peak_rss_mib = rss.peak / 2**20
     ev.steps_timed = n_batches
     ev.notes = f"{total * 1e3 / n_img:.1f} ms/image (whole eval set, 2nd call); mIoU {metrics.get('eval_mean_iou', float('nan')):.3f}"
+    release_workers(trainer)
     return plain, ev
 
 
@@ -1093,6 +1129,7 @@ def run_proxy_rounds(cfg: BenchConfig, variants: Sequence[str], train_ds, collat
                 trainer.train()
                 _sync(cfg.device)
                 t2 = time.perf_counter()
+                release_workers(trainer)
                 t = {"begin": timer.begin, "end": timer.end, "cpu_begin": timer.cpu_begin, "cpu_end": timer.cpu_end}
                 del trainer
                 _free_memory()
@@ -1180,6 +1217,7 @@ def run_proxy_breakdown(cfg: BenchConfig, train_ds, collator, out_dir: str, log:
                 instrument_trainer(trainer, timer)
                 trainer.train()
                 timer.boundary()
+                release_workers(trainer)
                 del trainer
             timers[key].append(timer)
             _free_memory()
@@ -1191,6 +1229,32 @@ def run_proxy_breakdown(cfg: BenchConfig, train_ds, collator, out_dir: str, log:
             merged.steps += t.steps[cfg.warmup:]
             merged.totals += t.totals[cfg.warmup:]
         out[key] = merged.summary()
+    return out
+
+
+def measure_worker_teardown(cfg: BenchConfig, train_ds, collator, out_dir: str, workers: int = 1) -> Dict[str, Any]:
+    """Seconds to free a trained plain trainer with ``workers`` DataLoader workers: as is (the cyclic garbage
+    collector), after :func:`release_workers`, and with the ``_NonFiniteGuard``'s trainer reference made weak
+    (what a ``weakref`` in ``lad_hf/trainers/base.py`` would give)."""
+    import weakref
+
+    from lad_hf.trainers.base import _NonFiniteGuard
+
+    wcfg = dataclasses.replace(cfg, num_workers=workers)
+    out: Dict[str, Any] = {"workers": workers}
+    for how in ("gc", "release_workers", "weakref_guard"):
+        trainer = build_proxy_trainer(wcfg, "plain", train_ds, collator, out_dir, 2)
+        trainer.train()
+        if how == "weakref_guard":
+            for cb in trainer.callback_handler.callbacks:
+                if isinstance(cb, _NonFiniteGuard):
+                    cb.trainer = weakref.proxy(trainer)
+        t0 = time.perf_counter()
+        if how == "release_workers":
+            release_workers(trainer)
+        del trainer
+        gc.collect()
+        out[f"{how}_s"] = time.perf_counter() - t0
     return out
 
 
@@ -1232,6 +1296,7 @@ def run_proxy_profile(cfg: BenchConfig, train_ds, collator, out_dir: str, trace_
             with prof:
                 trainer.train()
                 timer.boundary()
+            release_workers(trainer)
             del trainer
         _free_memory()
         # the boundary that closes step j (j >= 1) appends totals[j - 1]
@@ -1381,6 +1446,14 @@ def format_proxy(result: Dict[str, Any]) -> Dict[str, str]:
         lines.append("| **step total (median, fetch to fetch)** | " + " | ".join(f"**{v:.3f}**" for v in tot) +
                      f" | **{d1:.3f}** | **{d2:.3f}** |")
         t["breakdown"] = "\n".join(lines)
+    td = px.get("teardown")
+    if td:
+        t["teardown"] = "\n".join([
+            f"Freeing a trained plain trainer with {td['workers']} DataLoader worker(s) (seconds, `del` + `gc.collect()`):",
+            "", "| how | s |", "|---|---:|",
+            f"| as is: the trainer is in a reference cycle (`_NonFiniteGuard` holds it), freed by the cyclic gc | {td['gc_s']:.2f} |",
+            f"| `release_workers(trainer)` first (explicit `_shutdown_workers`) | {td['release_workers_s']:.2f} |",
+            f"| `_NonFiniteGuard` holding a `weakref.proxy` (freed by reference counting) | {td['weakref_guard_s']:.2f} |"])
     mi = px.get("micro")
     if mi:
         bd = px.get("breakdown") or {}
@@ -1478,6 +1551,7 @@ def render_proxy(result: Dict[str, Any], tables: Dict[str, str]) -> Tuple[str, s
         "## Candidate causes, switched off one at a time", "", tables["ablations"], "",
         "## Host cost of each candidate, per call (tight loop)", "", tables.get("micro", "(not run)"), "",
         "## Every variant", "", tables["variants"], "", tables.get("run_overhead", ""), "",
+        tables.get("teardown", ""), "",
         "## Host-time breakdown", "", f"See `{os.path.basename(result['profile_output'])}`.", "",
         "## Evaluation metric micro-benchmark", "", result["miou_text"], ""])
     prof = "\n".join([f"# Where a Trainer step's host time goes ({m['device_name']})", ""] + head + [
@@ -1531,6 +1605,9 @@ def run_proxy(cfg: BenchConfig, write: bool = True, log: Callable[[str], None] =
                 log(f"[breakdown] done in {time.perf_counter() - t:.1f} s")
             if cfg.breakdown:
                 proxy["micro"] = run_proxy_micro(cfg, train_ds, collator, tmp, log)
+            if cfg.teardown_demo:
+                proxy["teardown"] = measure_worker_teardown(cfg, train_ds, collator, tmp)
+                log(f"[teardown] {proxy['teardown']}")
             if cfg.profile:
                 t = time.perf_counter()
                 proxy["profile"] = run_proxy_profile(cfg, train_ds, collator, tmp, cfg.trace_dir, log)

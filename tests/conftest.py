@@ -244,3 +244,14 @@ def check_label_channel_noise(channel, labels, class_noise, pixel_noise, label_s
         if ignore_mode == "class":
             ignore = torch.tensor([m for (r, c), (m, n) in means.items() if c == k])
             assert ignore.abs().max() > 0.1, f"ignore pixels {ignore}: expected codes of their own"
+
+
+@pytest.fixture(autouse=True)
+def _restore_transformers_verbosity():
+    """Benchmarks and CLI runs set transformers' global verbosity; `--log_level passive` inherits it, so a leak
+    would silence lad_hf's warnings in later tests."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    yield
+    transformers.logging.set_verbosity(level)

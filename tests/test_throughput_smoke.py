@@ -85,3 +85,59 @@ def test_cli_defaults(throughput):
     full = throughput.parse_args(["--device", "cpu", "--compile", "--steps", "7"])
     assert (full.height, full.width, full.batch_size, full.num_labels, full.steps, full.warmup) == (512, 1024, 8, 19, 7, 5)
     assert full.compile and full.cwd_teacher == "b5"
+
+
+def test_cpu_proxy_mode_runs_and_writes_its_reports(throughput, tmp_path):
+    """--cpu_proxy at a tiny size: interleaved Trainer/raw variants, breakdown, micro costs, profiler, mIoU with an
+    earlier metrics module (here: the current file loaded as 'before'), reports and the summary table."""
+    tp = throughput
+    cfg = tp.parse_args(["--cpu_proxy", "--rounds", "1", "--steps", "2", "--warmup", "1", "--height", "32",
+                         "--width", "32", "--batch_size", "2", "--num_labels", "5", "--breakdown_rounds", "1",
+                         "--no-teardown_demo", "--miou_masks", "2", "--miou_height", "16", "--miou_width", "16",
+                         "--miou_reps", "1", "--miou_before", os.path.join(REPO, "lad_hf", "metrics.py"),
+                         "--variants", "plain,plain_raw,plain_raw_preloaded,lad,lad_raw,lad-extras,lad+default_flops",
+                         "--output", str(tmp_path / "throughput_cpu_proxy.md")])
+    assert cfg.proxy and cfg.device == "cpu" and cfg.clock == "cpu" and cfg.num_workers == 0 and cfg.threads == 1
+    assert cfg.student == "tiny" and cfg.student in tp.MODEL_PRESETS  # the package's one preset table
+    threads = torch.get_num_threads()
+    result = tp.run_proxy(cfg, log=lambda *_: None)
+    assert torch.get_num_threads() == threads
+
+    rounds = result["proxy"]["rounds"]
+    assert rounds["rounds_done"] == 1
+    for name, v in rounds["variants"].items():
+        assert _finite_positive(v["ms_step"]) and _finite_positive(v["ms_step_wall"]), name
+    comps = {(c["a"], c["b"]): c for c in rounds["comparisons"]}
+    assert _finite_positive(comps[("plain", "plain_raw")]["ratio"]) and ("lad", "plain") in comps
+    assert {c["b"] for c in rounds["ablations"]} == {"lad-extras", "lad+default_flops"}
+    phases = result["proxy"]["breakdown"]["lad"]["phases_ms"]
+    for p in (tp.P_FORWARD, tp.P_TEACHER, tp.P_NOISER, tp.P_BACKWARD, tp.P_OPTIM, tp.P_GUARD, tp.P_OTHER):
+        assert p in phases, p
+    assert tp.P_TEACHER not in result["proxy"]["breakdown"]["plain_raw"]["phases_ms"]
+    micro = {r["item"]: r for r in result["proxy"]["micro"]}
+    assert all(r["us_per_call"] >= 0 for r in micro.values()) and len(micro) >= 8
+    prof = result["proxy"]["profile"]
+    assert prof["plain"]["n_ops"] > 100 and prof["lad"]["n_ops"] > prof["plain"]["n_ops"]
+    assert tp.P_TEACHER in prof["lad"]["ranges"] and "lad_extra_ops" in prof
+    assert result["miou"]["same_confusion"] is True and result["miou"]["before_streaming_s"] > 0
+
+    md = (tmp_path / "throughput_cpu_proxy.md").read_text()
+    assert "Trainer / raw loop, plain path" in md and "before (" in md and "lscpu" in md
+    assert "student forward" in (tmp_path / "profile_cpu_proxy.md").read_text()
+    js = tmp_path / "throughput_cpu_proxy.json"
+    assert json.loads(js.read_text())["mode"] == "proxy"
+    summary = tp.summarize([str(js)])
+    assert "throughput_cpu_proxy (interleaved)" in summary
+
+
+def test_rows_selection_and_summary(throughput, tmp_path):
+    tp = throughput
+    cfg = tp.parse_args(["--device", "cpu", "--quick", "--rows", "plain,raw", "--miou_masks", "0", "--height", "32",
+                         "--width", "32", "--steps", "2", "--warmup", "1", "--num_workers", "0", "--student", "tiny",
+                         "--output", str(tmp_path / "t.md")])
+    result = tp.run_benchmark(cfg, log=lambda *_: None)
+    assert set(result["rows"]) == {"plain", "raw"}
+    summary = tp.summarize([str(tmp_path / "t.json"), str(tmp_path / "missing.json")])
+    assert "| t |" in summary and "unreadable" in summary
+    with pytest.raises(SystemExit):
+        tp.parse_args(["--device", "cpu", "--rows", "plain,nope"])
