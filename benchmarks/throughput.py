@@ -817,6 +817,7 @@ class PhaseTimer:
             with timer.phase(name):
                 return fn(*args, **kwargs)
 
+        timed.__dict__.update(getattr(fn, "__dict__", {}))  # e.g. the LR scheduler's mark on optimizer.step
         timed._lad_phase = self  # type: ignore[attr-defined]
         setattr(obj, attr, timed)
         return True
@@ -938,7 +939,8 @@ class RawLoop:
         self.preloaded = []
         if preload:
             it = iter(self.loader)
-            self.preloaded = [{k: v.to(self.device) for k, v in next(it).items()} for _ in range(preload)]
+            self.preloaded = [{k: v.to(self.device) for k, v in next(it).items()}
+                              for _ in range(max(1, min(preload, len(self.loader))))]
 
     def _batches(self):
         while True:

@@ -17,7 +17,8 @@ def test_two_setup_commands_and_quickstart_runs(tmp_path, monkeypatch):
     data = write_parquet_dataset(tmp_path / "data", n_train=8, n_val=4)
     base = tmp_path / "mit-b0"
     tiny_segformer().save_pretrained(base)
-    for hub, local in (('"scene_parse_150"', repr(str(data))), ('"nvidia/mit-b0"', repr(str(base))),
+    for hub, local in (('"merve/scene_parse_150"', repr(str(data))), ('label_set="ade20k"', "label_set=None"),
+                       ('"nvidia/mit-b0"', repr(str(base))),
                        ("max_steps=160_000", "max_steps=2"), ("bf16=True", "use_cpu=True, report_to=[]"),
                        ("crop_size=512", "crop_size=32")):
         assert hub in code, hub
