@@ -248,7 +248,7 @@ def cmd_teacher(argv):
     _setup_logging(args)
     model, proc, ds, collator, _ = _prepare(model_args, data_args, args)  # checks the stem takes RGB
     if not is_label_assisted(model):
-        add_label_channel(model, init=args.label_channel_init)
+        add_label_channel(model, init=args.label_channel_init, scale=args.label_channel_scale, seed=args.seed)
     from .models.dinov2 import fit_collator
 
     collator = fit_collator(model, collator, args.ignore_index)  # patch-14 teachers: pad to a multiple of 14

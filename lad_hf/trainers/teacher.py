@@ -34,6 +34,9 @@ class LADTeacherConfig(LabelNoiseArguments, SegmentationConfig):
     Parameters that control the teacher:
         label_channel_init (`str`, defaults to `"zeros"`): init of the widened stem's label weights (`"zeros"` keeps
             the pretrained function, `"random"` as the reference code).
+        label_channel_scale (`float`, defaults to `0.1`): with `"random"`, w_label ~ scale · N(0, std(W_rgb)).
+        rgb_dropout (`float`, defaults to `0.0`): during training only, the image channels of a sample are set to 0
+            with this probability (both paths), so the teacher must read the label. An extension beyond the paper.
         dual_path (`bool`, defaults to `True`): two noise draws in one forward over the 2N batch (Eq. 7).
         consistency_loss (`str`, defaults to `"cwd"`): distance D between the two paths' logits.
         consistency_weight (`float`, defaults to `1.0`): λ.
@@ -50,6 +53,13 @@ class LADTeacherConfig(LabelNoiseArguments, SegmentationConfig):
 
     # teacher
     label_channel_init: str = field(default="zeros", metadata={"help": "Init of the label-channel weights.", "choices": ["zeros", "random"]})
+    label_channel_scale: float = field(
+        default=0.1, metadata={"help": "With label_channel_init random: label weights ~ scale * N(0, std of the RGB weights)."}
+    )
+    rgb_dropout: float = field(
+        default=0.0, metadata={"help": "Training only: zero a sample's image channels with this probability (an "
+                                       "extension beyond the paper that forces the teacher to read the label)."}
+    )
     dual_path: bool = field(default=True, metadata={"help": "Dual-path consistency training (one forward over 2N)."})
     consistency_loss: str = field(default="cwd", metadata={"help": "Consistency distance.", "choices": sorted(LOSSES)})
     consistency_weight: float = field(default=1.0, metadata={"help": "λ, weight of the consistency loss."})
@@ -66,6 +76,10 @@ class LADTeacherConfig(LabelNoiseArguments, SegmentationConfig):
         self.check_noise()
         if self.consistency_loss not in LOSSES:
             raise LADError(f"--consistency_loss must be one of {sorted(LOSSES)}, got {self.consistency_loss!r}")
+        if not 0.0 <= self.rgb_dropout < 1.0:
+            raise LADError(f"--rgb_dropout must be in [0, 1), got {self.rgb_dropout}")
+        if self.label_channel_scale < 0:
+            raise LADError(f"--label_channel_scale must be >= 0, got {self.label_channel_scale}")
         if self.consistency_tau <= 0 or self.consistency_weight < 0:
             raise LADError("--consistency_tau must be > 0 and --consistency_weight >= 0")
 
@@ -100,6 +114,10 @@ class LADTeacherTrainer(LADTrainerBase):
         x, y = inputs["pixel_values"], inputs["labels"]
         self.check_batch(model, x, y, self.image_channels)
         a = self.args
+        if a.rgb_dropout > 0 and model.training:  # x·m, m_n ~ Bernoulli(1 - p): some samples keep only the label
+            gen = self.noiser.generator
+            keep = torch.rand(x.shape[0], generator=gen, device=gen.device if gen is not None else x.device)
+            x = x * (keep >= a.rgb_dropout).to(x.device, x.dtype)[:, None, None, None]
         if not a.dual_path:
             logits = self.teacher_logits(model, x, y, self.noiser)
             loss = self.seg_loss(logits, y)

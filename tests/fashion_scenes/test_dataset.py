@@ -312,3 +312,22 @@ def test_cli(tmp_path, capsys):
     assert str(folder) in out and (folder / "id2label.json").is_file()
     assert scenes.main(args + ["--fashion_mnist_dir", str(tmp_path / "missing")]) == 2
     assert "apt-get" in capsys.readouterr().err
+
+
+def test_blurred_regime_blurs_images_only(tmp_path):
+    """blur_sigma: images are the sharp render through a Gaussian blur; masks are unchanged; its own cache folder."""
+    sizes = dict(num_train=3, num_validation=2, num_test=2, canvas_size=64)
+    sharp = scenes.build_fashion_scenes(seed=0, cache_dir=tmp_path / "a", **sizes)
+    blurred = scenes.build_fashion_scenes(seed=0, cache_dir=tmp_path / "b", blur_sigma=2.5, **sizes)
+    for i in range(2):
+        image = np.asarray(scenes.render_scene("validation", i, seed=0, canvas_size=64)[0])
+        got = np.asarray(blurred["validation"][i]["image"])
+        assert np.array_equal(got, scenes.blur_image(image, 2.5))
+        assert np.array_equal(np.asarray(blurred["validation"][i]["label"]), np.asarray(sharp["validation"][i]["label"]))
+        # a blur smooths: neighbouring pixels differ less than in the sharp image
+        step = lambda a: np.abs(np.diff(a.astype(int), axis=1)).mean()  # noqa: E731
+        assert step(got) < 0.6 * step(image)
+    assert scenes.cache_key(**sizes, blur_sigma=2.5).endswith("_blur2.5")
+    assert scenes.cache_key(**sizes) == scenes.cache_key(**sizes, blur_sigma=0.0)  # old keys are unchanged
+    with pytest.raises(LADError, match="blur_sigma"):
+        scenes.build_fashion_scenes(blur_sigma=-1, **sizes)

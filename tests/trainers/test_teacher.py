@@ -196,3 +196,28 @@ def test_sliding_window_evaluation(tmp_path, tensor_dataset):
     for m in (whole, tiled):
         assert 0 <= m["eval_mean_iou"] <= 1 and "eval_label_gain" in m
     assert tiled["eval_loss"] != whole["eval_loss"]  # the windows see less context: not the whole-image logits
+
+
+def test_rgb_dropout_zeroes_whole_images_in_training_only(tmp_path, tensor_dataset):
+    """--rgb_dropout p: each sample's image channels are 0 with probability p, in both paths; the label stays."""
+    batch = first_batch(tensor_dataset, n=8)
+    model = label_assisted_segformer()
+    tr = LADTeacherTrainer(model=model, args=_args(tmp_path, rgb_dropout=0.5), train_dataset=tensor_dataset)
+    rec = ForwardRecorder(model)
+    dropped = []
+    for _ in range(6):
+        tr.compute_loss(model, batch)
+        fed = rec.inputs[-1]
+        rgb_zero = fed[:, :3].flatten(1).abs().sum(1) == 0
+        assert torch.equal(rgb_zero[:8], rgb_zero[8:])  # the two paths see the same image
+        assert bool((fed[:, 3].flatten(1).abs().sum(1) > 0).all())  # the label channel is always there
+        kept = ~rgb_zero[:8]
+        assert torch.equal(fed[:8, :3][kept], batch["pixel_values"][kept])
+        dropped.append(rgb_zero[:8].float().mean().item())
+    assert 0.2 < sum(dropped) / len(dropped) < 0.8  # about half of 48 samples
+    model.eval()
+    rec.inputs.clear()
+    tr.compute_loss(model, batch)
+    assert not bool((rec.inputs[-1][:, :3].flatten(1).abs().sum(1) == 0).any())  # never at evaluation
+    with pytest.raises(LADError, match="rgb_dropout"):
+        _args(tmp_path, rgb_dropout=1.0)
