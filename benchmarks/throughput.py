@@ -202,9 +202,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
     g.add_argument("--proxy", action="store_true", help="run the overhead proxy on --device at the table's sizes")
     g.add_argument("--cpu_proxy", action="store_true",
                    help="the proxy on CPU with a tiny SegFormer where host overhead dominates: tiny student and "
-                        "teacher, 64x64, batch 4, 1 thread, no DataLoader workers, 5 rounds; report "
+                        "teacher, 64x64, batch 4, 1 thread, no DataLoader workers, 7 rounds; report "
                         "benchmarks/results/throughput_cpu_proxy.md, profile_cpu_proxy.md")
-    g.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 5 with --cpu_proxy)")
+    g.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 7 with --cpu_proxy)")
     g.add_argument("--variants", help="comma-separated proxy variants (default: all): " + ",".join(PROXY_VARIANTS))
     g.add_argument("--no_breakdown", action="store_true", help="skip the per-phase host-time breakdown")
     g.add_argument("--breakdown_rounds", type=int, help="runs per column of the breakdown (default 2)")
@@ -240,7 +240,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
         cfg.proxy, cfg.eval_images, cfg.steps, cfg.warmup = True, 1, 12, 4
     if a.cpu_proxy:
         cfg.student, cfg.lad_teacher, cfg.height, cfg.width, cfg.batch_size = "tiny", "tiny", 64, 64, 4
-        cfg.steps, cfg.warmup, cfg.rounds, cfg.num_workers, cfg.threads = 20, 5, 5, 0, 1
+        cfg.steps, cfg.warmup, cfg.rounds, cfg.num_workers, cfg.threads = 20, 5, 7, 0, 1
         cfg.unique_images, cfg.miou_reps, cfg.miou_before, cfg.clock = 8, 5, "b6a1101", "cpu"
         cfg.teardown_demo = True
     for name in ("height", "width", "batch_size", "num_labels", "steps", "warmup", "eval_images", "num_workers",

@@ -163,6 +163,13 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=None, help="training batch size (default 16; --tiny 4)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores idle right now)")
     p.add_argument("--fashion_mnist_dir", default=None)
+    p.add_argument("--blur_sigma", type=float, default=None, help="the blurred regime: Gaussian blur of the images, px")
+    p.add_argument("--student", default=None, help="student preset (SegFormer tiny/small/..., or cnn-tiny/cnn-small)")
+    p.add_argument("--lad_teacher", default=None, help="preset of the LAD teacher (default: the student's)")
+    p.add_argument("--plain_teacher", default=None, help="preset of the bigger plain teacher of the CWD student")
+    p.add_argument("--teacher_lr", type=float, default=None, help="learning rate of the LAD teacher (default: --lr)")
+    p.add_argument("--rgb_dropout", type=float, default=None, help="LAD teacher: zero the image of this fraction "
+                                                                    "of training samples (an extension)")
     return p.parse_args(argv)
 
 
@@ -174,9 +181,15 @@ def main(argv=None) -> int:
     from .dataset import FASHION_SCENES_ID2LABEL, load_or_build_fashion_scenes
 
     sz = dict(SIZES["tiny" if args.tiny else "default"])
-    for key in ("steps", "num_train", "canvas_size", "lr", "batch_size"):
-        if getattr(args, key):
+    for key in ("steps", "num_train", "canvas_size", "lr", "batch_size", "blur_sigma", "student", "lad_teacher",
+                "plain_teacher", "teacher_lr", "rgb_dropout"):
+        if getattr(args, key) is not None:
             sz[key] = getattr(args, key)
+    sz.setdefault("blur_sigma", 0.0)
+    sz.setdefault("lad_teacher", sz["student"])
+    sz.setdefault("plain_teacher", sz.get("teacher", "small"))
+    sz.setdefault("teacher_lr", sz["lr"])
+    sz.setdefault("rgb_dropout", 0.0)
     if torch.cuda.is_available():
         threads = torch.get_num_threads()
     else:
@@ -190,7 +203,7 @@ def main(argv=None) -> int:
 
     dsd = load_or_build_fashion_scenes(args.cache_dir, num_train=sz["num_train"], num_validation=sz["num_validation"],
                                        num_test=sz["num_test"], canvas_size=sz["canvas_size"], seed=0,
-                                       fashion_mnist_dir=args.fashion_mnist_dir)
+                                       fashion_mnist_dir=args.fashion_mnist_dir, blur_sigma=sz["blur_sigma"])
     build_s = time.perf_counter() - start
     log(f"fashion-scenes ready: {', '.join(f'{k} {len(v)}' for k, v in dsd.items())} ({sz['canvas_size']} px); "
         f"{threads} torch threads")
@@ -214,8 +227,11 @@ def main(argv=None) -> int:
     m, tr, s = E.train_plain(data, base)
     baseline_preds = student_row("baseline student", m, tr, s)
 
-    log(f"2/5 LAD teacher ({sz['student']} + label channel, σ={base.label_sigma}, dual path)")
-    teacher, ttr, ts = E.train_lad_teacher(data, base)
+    rgb_note = f", RGB dropout {sz['rgb_dropout']:g}" if sz["rgb_dropout"] else ""
+    tspec = base.replace(model=sz["lad_teacher"], lr=sz["teacher_lr"], rgb_dropout=sz["rgb_dropout"])
+    log(f"2/5 LAD teacher ({sz['lad_teacher']} + label channel, σ={base.label_sigma}, dual path"
+        f"{rgb_note})")
+    teacher, ttr, ts = E.train_lad_teacher(data, tspec)
     tev = E.evaluate_plain(ttr, data)
     noiser = E.make_noiser(data.num_labels, base, seed=args.seed + 1)
     teacher_preds = list(E.predict_teacher(teacher, data, noiser, "test", n_fig))
@@ -233,13 +249,13 @@ def main(argv=None) -> int:
     m, tr, s = E.train_student(data, base, teacher)
     lad_preds = student_row("LAD student", m, tr, s, teacher_test_miou=tev["test"]["mean_iou"])
 
-    log(f"4/5 plain teacher ({sz['teacher']}, 3-channel)")
-    pteacher, ptr, pts = E.train_plain(data, base.replace(model=sz["teacher"]))
+    log(f"4/5 plain teacher ({sz['plain_teacher']}, 3-channel)")
+    pteacher, ptr, pts = E.train_plain(data, base.replace(model=sz["plain_teacher"]))
     pev = E.evaluate_plain(ptr, data)
     log(f"plain teacher: test mIoU {100 * pev['test']['mean_iou']:.1f}")
     log("5/5 CWD student from the plain teacher")
     m, tr, s = E.train_student(data, base, pteacher)
-    student_row(f"CWD student (teacher: plain {sz['teacher']})", m, tr, s, teacher_test_miou=pev["test"]["mean_iou"],
+    student_row(f"CWD student (teacher: plain {sz['plain_teacher']})", m, tr, s, teacher_test_miou=pev["test"]["mean_iou"],
                 teacher_params_m=E.count_parameters(pteacher) / 1e6, teacher_train_s=pts)
 
     order = ["baseline student", "LAD teacher (noised label input)", "LAD student"]
@@ -250,9 +266,12 @@ def main(argv=None) -> int:
     md = "\n".join([
         "# LAD demo on fashion-scenes", "",
         f"- data: fashion-scenes {sz['canvas_size']} px, train {len(dsd['train'])} / validation "
-        f"{len(dsd['validation'])} / test {len(dsd['test'])} (layouts and masks composed, pixels real)",
-        f"- schedule: {sz['steps']} steps × batch {sz['batch_size']} per model, AdamW {sz['lr']}, random init; "
-        f"student SegFormer-{sz['student']}, plain teacher SegFormer-{sz['teacher']}; σ=0.01, λ=1, μ=3, τ=4",
+        f"{len(dsd['validation'])} / test {len(dsd['test'])} (layouts and masks composed, pixels real)"
+        + (f"; blurred regime: images blurred with σ = {sz['blur_sigma']:g} px" if sz["blur_sigma"] else ""),
+        f"- schedule: {sz['steps']} steps × batch {sz['batch_size']} per model, AdamW {sz['lr']} (LAD teacher "
+        f"{sz['teacher_lr']}), random init; student {sz['student']}, LAD teacher {sz['lad_teacher']}, plain teacher "
+        f"{sz['plain_teacher']}; σ=0.01, λ=1, μ=3, τ=4"
+        + (f"; LAD teacher RGB dropout {sz['rgb_dropout']:g} (an extension beyond the paper)" if sz["rgb_dropout"] else ""),
         f"- machine: {info['device']}, {threads} torch threads, torch {info['torch']}, transformers "
         f"{info['transformers']}", f"- wall time: {total_s:.0f} s (dataset {build_s:.0f} s)", "",
         "mIoU in % on the test split. The teacher is evaluated with a noised label as input (seeded draw); its label "
