@@ -160,6 +160,8 @@ class BenchConfig:
     time_budget_s: Optional[float] = None  # proxy: start no round that would end after this
     breakdown_rounds: int = 2
     teardown_demo: bool = False
+    micro_calls: int = 200  # calls per repetition in the tight-loop costs
+    step_sync: bool = True  # proxy: synchronise at every step's begin and end (False: host pacing, full pipeline)
     clock: str = "wall"  # proxy step clock: "wall" (perf_counter) or "cpu" (the main thread's CPU time)
     summarize: Optional[List[str]] = None
 
@@ -208,9 +210,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
     g.add_argument("--variants", help="comma-separated proxy variants (default: all): " + ",".join(PROXY_VARIANTS))
     g.add_argument("--no_breakdown", action="store_true", help="skip the per-phase host-time breakdown")
     g.add_argument("--breakdown_rounds", type=int, help="runs per column of the breakdown (default 2)")
+    g.add_argument("--micro_calls", type=int, help="calls per repetition of each tight-loop cost (default 200)")
     g.add_argument("--teardown_demo", action=argparse.BooleanOptionalAction, default=None,
                    help="time freeing a trainer with one DataLoader worker three ways (default: on with --cpu_proxy)")
     g.add_argument("--time_budget_s", type=float, help="start no interleaved round that would end after this")
+    g.add_argument("--no_step_sync", action="store_true",
+                   help="no torch.cuda.synchronize() at the step boundaries of the rounds: the end-to-end wall ms/step "
+                        "is then the pace of training with the device pipeline kept full")
     g.add_argument("--no_profile", action="store_true", help="skip the torch.profiler step profiles")
     g.add_argument("--trace_dir", help="also write the profiled steps as gzipped Chrome traces here")
     g.add_argument("--miou_before", help="earlier lad_hf/metrics.py (file or git revision) timed beside the current "
@@ -241,18 +247,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> BenchConfig:
     if a.cpu_proxy:
         cfg.student, cfg.lad_teacher, cfg.height, cfg.width, cfg.batch_size = "tiny", "tiny", 64, 64, 4
         cfg.steps, cfg.warmup, cfg.rounds, cfg.num_workers, cfg.threads = 20, 5, 7, 0, 1
-        cfg.unique_images, cfg.miou_reps, cfg.miou_before, cfg.clock = 8, 5, "b6a1101", "cpu"
+        cfg.unique_images, cfg.miou_reps, cfg.miou_before, cfg.clock = 8, 7, "b6a1101", "cpu"
         cfg.teardown_demo = True
     for name in ("height", "width", "batch_size", "num_labels", "steps", "warmup", "eval_images", "num_workers",
                  "cwd_teacher", "compile_steps", "output", "rows", "student", "lad_teacher", "rounds", "variants",
                  "trace_dir", "miou_before", "miou_height", "miou_width", "miou_reps", "threads", "clock",
-                 "breakdown_rounds", "time_budget_s", "teardown_demo"):
+                 "breakdown_rounds", "time_budget_s", "teardown_demo", "micro_calls"):
         if getattr(a, name, None) is not None:
             setattr(cfg, name, getattr(a, name))
     cfg.bf16 = not a.no_bf16
     cfg.compile = (device == "cuda" and not a.no_compile) or a.compile
     cfg.miou_masks, cfg.seed = a.miou_masks, a.seed
-    cfg.breakdown, cfg.profile = not a.no_breakdown, not a.no_profile
+    cfg.breakdown, cfg.profile, cfg.step_sync = not a.no_breakdown, not a.no_profile, not a.no_step_sync
     if a.quick and a.miou_reps is None:
         cfg.miou_reps = 2
     if cfg.steps < 1 or cfg.warmup < 0 or cfg.batch_size < 1 or cfg.rounds < 1:
@@ -346,8 +352,8 @@ class StepTimer(TrainerCallback):
     """Records ``perf_counter`` (and the thread's CPU time) at every step's begin and end (after
     ``torch.cuda.synchronize()`` on CUDA)."""
 
-    def __init__(self, device: str):
-        self.device = device
+    def __init__(self, device: str, sync: bool = True):
+        self.device = device if sync else "cpu"  # sync=False: no synchronize (host pacing, pipeline kept full)
         self.begin: List[float] = []
         self.end: List[float] = []
         self.cpu_begin: List[float] = []
@@ -732,9 +738,7 @@ def bench_miou(n: int, height: int, width: int, k: int, reps: int = 3, seed: int
     out["ratio_batched_vs_per_mask"] = out["streaming_batched_s"] / out["streaming_s"]
     out["evaluate_mean_iou_reference_s"] = EVALUATE_MEAN_IOU_REFERENCE_S
     out["evaluate_mean_iou_reference_note"] = "from the issue; not measured here"
-    del labels, preds, lt, pt
-    gc.collect()
-    return out
+    return out  # the masks go with this frame
 
 
 # ------------------------------------------------------------------------------------------------ overhead proxy
@@ -931,7 +935,8 @@ class RawLoop:
             self.noiser = LabelNoiser.from_args(args, cfg.num_labels, generator=gen)
             self.distill = build_loss(args.distill_loss, args.distill_tau)
         workers = int(cfg.num_workers)
-        self.loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collator,
+        self.collator, self._timer = collator, None
+        self.loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=self._collate,
                                  num_workers=workers, pin_memory=cfg.cuda, persistent_workers=workers > 0,
                                  drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
         self.amp = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cfg.use_bf16)
@@ -941,6 +946,12 @@ class RawLoop:
             it = iter(self.loader)
             self.preloaded = [{k: v.to(self.device) for k, v in next(it).items()}
                               for _ in range(max(1, min(preload, len(self.loader))))]
+
+    def _collate(self, rows):
+        if self._timer is None or torch.utils.data.get_worker_info() is not None:  # timed in-process only
+            return self.collator(rows)
+        with self._timer.phase(P_COLLATE):
+            return self.collator(rows)
 
     def _batches(self):
         while True:
@@ -953,6 +964,7 @@ class RawLoop:
 
         ph = timer.phase if timer is not None else (lambda name: contextlib.nullcontext())
         dev, cuda, args = self.device, self.cfg.cuda, self.args
+        self._timer = timer
         begin, end, cpu_begin, cpu_end = [], [], [], []
         batches = self._batches()
         for _ in range(n_steps):
@@ -962,7 +974,8 @@ class RawLoop:
                 batch = next(batches)
                 x = batch["pixel_values"].to(dev, non_blocking=cuda)
                 y = batch["labels"].to(dev, non_blocking=cuda)
-            _sync(self.cfg.device)
+            if self.cfg.step_sync:
+                _sync(self.cfg.device)
             begin.append(time.perf_counter())
             cpu_begin.append(time.thread_time())
             with self.amp:
@@ -990,11 +1003,14 @@ class RawLoop:
                 self.sched.step()
             with ph(P_ZERO):
                 self.model.zero_grad(set_to_none=True)
-            _sync(self.cfg.device)
+            if self.cfg.step_sync:
+                _sync(self.cfg.device)
             end.append(time.perf_counter())
             cpu_end.append(time.thread_time())
+        _sync(self.cfg.device)
         if timer is not None:
             timer.boundary()
+        self._timer = None
         return {"begin": begin, "end": end, "cpu_begin": cpu_begin, "cpu_end": cpu_end}
 
 
@@ -1022,6 +1038,8 @@ def _ablate(trainer, what: str) -> None:
         trainer.floating_point_ops = types.MethodType(Trainer.floating_point_ops, trainer)
     elif what == "pin_memory":
         trainer.args.dataloader_pin_memory = False
+    elif what == "non_blocking":  # = TrainingArguments(accelerator_config={"non_blocking": True})
+        trainer.accelerator.dataloader_config.non_blocking = True
     else:  # pragma: no cover
         raise ValueError(what)
 
@@ -1034,6 +1052,7 @@ ABLATIONS: Dict[str, str] = {
     "model_train": "per-step model.train() off (transformers' training_step walks the student's modules)",
     "default_flops": "transformers' floating_point_ops instead of lad_hf's 0 (what the override saves)",
     "pin_memory": "dataloader_pin_memory=False (no pin-memory thread in the training process)",
+    "non_blocking": "non-blocking host-to-device batch copies (accelerator_config non_blocking=True)",
 }
 LAD_EXTRAS = ("nonfinite", "check_labels", "record", "teacher_eval")
 
@@ -1053,12 +1072,13 @@ PROXY_VARIANTS: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "lad-model_train": ("lad", "trainer", ("model_train",)),
     "lad+default_flops": ("lad", "trainer", ("default_flops",)),
     "plain-pin_memory": ("plain", "trainer", ("pin_memory",)),
+    "plain+non_blocking": ("plain", "trainer", ("non_blocking",)),
 }
 #: Default variants per device: on CUDA the ones that fit a few minutes, with the pin-memory thread test.
 PROXY_DEFAULT_VARIANTS: Dict[str, Tuple[str, ...]] = {
-    "cpu": tuple(v for v in PROXY_VARIANTS if v != "plain-pin_memory"),
+    "cpu": tuple(v for v in PROXY_VARIANTS if v not in ("plain-pin_memory", "plain+non_blocking")),
     "cuda": ("plain", "plain_raw", "plain_raw_preloaded", "lad", "lad_raw", "plain-extras", "lad-extras",
-             "plain-pin_memory"),
+             "plain-pin_memory", "plain+non_blocking"),
 }
 
 
@@ -1125,7 +1145,7 @@ def run_proxy_rounds(cfg: BenchConfig, variants: Sequence[str], train_ds, collat
             else:
                 t0 = time.perf_counter()
                 trainer = build_proxy_trainer(cfg, path, train_ds, collator, out_dir, n_steps, abl)
-                timer = StepTimer(cfg.device)
+                timer = StepTimer(cfg.device, sync=cfg.step_sync)
                 trainer.add_callback(timer)
                 t1 = time.perf_counter()
                 trainer.train()
@@ -1279,7 +1299,7 @@ def run_proxy_profile(cfg: BenchConfig, train_ds, collator, out_dir: str, trace_
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cfg.cuda else [])
-    warm = max(2, min(cfg.warmup, 5))
+    warm = max(1, min(cfg.warmup, 5))
     active_step = warm + 1  # profiler steps start at each boundary; step `warm + 1` is the active one
     out: Dict[str, Any] = {}
     for key in ("plain", "plain_raw", "lad", "lad_raw"):
@@ -1359,7 +1379,6 @@ def run_proxy_micro(cfg: BenchConfig, train_ds, collator, out_dir: str, log: Cal
     model, teacher = trainer.model.to(dev), trainer.teacher
     with torch.no_grad():
         loss = model(pixel_values=x).logits.float().mean()
-    grad_norm = loss.detach().abs() + 1
     k, ignore = trainer.num_labels, trainer.args.ignore_index
     items: List[Tuple[str, int, Callable[[], Any]]] = [
         ("non-finite guard `_flag_non_finite` (loss, grad norm)", 2,
@@ -1385,8 +1404,6 @@ def run_proxy_micro(cfg: BenchConfig, train_ds, collator, out_dir: str, log: Cal
             times[name]["wall"].append((time.perf_counter() - w0) / calls * 1e6)
             times[name]["cpu"].append((time.thread_time() - c0) / calls * 1e6)
     trainer._parts.clear()
-    del trainer
-    _free_memory()
     out = []
     for name, per_step, _ in items:
         us_wall, us_cpu = statistics.median(times[name]["wall"]), statistics.median(times[name]["cpu"])
@@ -1517,8 +1534,11 @@ def proxy_output(cfg: BenchConfig) -> str:
 
 
 def profile_output(cfg: BenchConfig) -> str:
-    base = os.path.dirname(os.path.abspath(proxy_output(cfg)))
-    return os.path.join(base, f"profile_{cfg.device}_proxy.md")
+    """``profile_<device>_proxy.md`` beside the proxy report (its name with ``throughput`` -> ``profile``)."""
+    path = os.path.abspath(proxy_output(cfg))
+    name = os.path.basename(path)
+    name = name.replace("throughput", "profile", 1) if "throughput" in name else f"profile_{name}"
+    return os.path.join(os.path.dirname(path), name)
 
 
 def render_proxy(result: Dict[str, Any], tables: Dict[str, str]) -> Tuple[str, str]:
@@ -1536,6 +1556,8 @@ def render_proxy(result: Dict[str, Any], tables: Dict[str, str]) -> Tuple[str, s
         f"transformers {m['transformers']}, datasets {m['datasets']}",
         f"- setup: {setup}",
         f"- total run time: {result['total_s']:.1f} s",
+    ] + [f"- **{k[:-6]} failed**: {v}" for k, v in result["proxy"].items() if k.endswith("_error")] + (
+        [] if result.get("complete", True) else ["- **incomplete**: written after a stage; the run did not finish"]) + [
         "",
     ]
     clock = ("the main thread's CPU time (`time.thread_time`: one torch thread and no DataLoader workers, so all of "
@@ -1547,14 +1569,18 @@ def render_proxy(result: Dict[str, Any], tables: Dict[str, str]) -> Tuple[str, s
            "medians of the per-round paired differences/ratios. The raw loops do the same work as the Trainer "
            "step: forward, loss(es), backward, clip_grad_norm_, optimizer and LR-scheduler step, zero_grad, on "
            "batches from a DataLoader over the same dataset and collator (fetch excluded from ms/step, as in the "
-           "Trainer). Ablations are monkeypatches of one trainer instance, made by this benchmark only.")
+           "Trainer). Ablations are monkeypatches of one trainer instance, made by this benchmark only." +
+           ("" if cfg.get("step_sync", True) or cfg["device"] != "cuda" else
+            " Run with --no_step_sync: no synchronisation at the step boundaries, so ms/step is the host's time "
+            "per step and the end-to-end wall ms/step is the training pace with the device pipeline kept full."))
     main = "\n".join([f"# lad_hf Trainer overhead proxy ({m['device_name']})", ""] + head + [
         how, "", "## Trainer vs raw loop, LAD vs plain", "", tables["comparisons"], "",
         "## Candidate causes, switched off one at a time", "", tables["ablations"], "",
         "## Host cost of each candidate, per call (tight loop)", "", tables.get("micro", "(not run)"), "",
         "## Every variant", "", tables["variants"], "", tables.get("run_overhead", ""), "",
         tables.get("teardown", ""), "",
-        "## Host-time breakdown", "", f"See `{os.path.basename(result['profile_output'])}`.", "",
+        "## Host-time breakdown", "", (f"See `{os.path.basename(result['profile_output'])}`." if cfg["breakdown"] or
+                                       cfg["profile"] else "(not run)"), "",
         "## Evaluation metric micro-benchmark", "", result["miou_text"], ""])
     prof = "\n".join([f"# Where a Trainer step's host time goes ({m['device_name']})", ""] + head + [
         "Per-phase host time (exclusive: nested phases are subtracted from their parent) from timing wrappers on "
@@ -1571,25 +1597,76 @@ def render_proxy(result: Dict[str, Any], tables: Dict[str, str]) -> Tuple[str, s
 
 
 def run_proxy(cfg: BenchConfig, write: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """``--proxy`` / ``--cpu_proxy``: interleaved rounds, breakdown, profile, mIoU before/after; writes
-    ``throughput_<device>_proxy.md`` (+ .json) and ``profile_<device>_proxy.md``."""
+    """``--proxy`` / ``--cpu_proxy``: interleaved rounds, breakdown, micro costs, profile, mIoU before/after; writes
+    ``throughput_<device>_proxy.md`` (+ .json) and ``profile_<device>_proxy.md``.
+
+    The reports are rewritten after every stage, so a run cut short (a device time limit) keeps what it measured;
+    a stage that fails (e.g. no CUDA profiler on a machine) is logged and recorded as its ``error``."""
     import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    default = ",".join(PROXY_DEFAULT_VARIANTS["cuda" if cfg.cuda else "cpu"])
+    variants = [v.strip() for v in (cfg.variants or default).split(",") if v.strip()]
+    unknown = [v for v in variants if v not in PROXY_VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown --variants {unknown}; choose from {list(PROXY_VARIANTS)}")
     before_threads = torch.get_num_threads()
     threads = default_threads(cfg)
     if threads:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
+    proxy: Dict[str, Any] = {"variant_order": variants}
+    result: Dict[str, Any] = {
+        "mode": "proxy", "config": dataclasses.asdict(cfg), "machine": machine_info(cfg), "proxy": proxy,
+        "miou": None, "output": proxy_output(cfg), "profile_output": profile_output(cfg),
+    }
+
+    def finish(final: bool) -> None:
+        result["date_utc"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        result["total_s"] = time.perf_counter() - t_start
+        result["complete"] = final
+        result["miou_text"] = format_miou(result["miou"])
+        if "rounds" not in proxy:
+            return
+        result["tables"] = tables = format_proxy(result)
+        if final:
+            for key in ("comparisons", "ablations", "variants", "breakdown", "micro"):
+                if key in tables:
+                    log("")
+                    log(tables[key])
+            log("")
+            log(result["miou_text"])
+        if not write:
+            return
+        main_md, prof_md = render_proxy(result, tables)
+        os.makedirs(os.path.dirname(os.path.abspath(result["output"])), exist_ok=True)
+        with open(result["output"], "w") as f:
+            f.write(main_md)
+        if cfg.breakdown or cfg.profile:
+            with open(result["profile_output"], "w") as f:
+                f.write(prof_md)
+        result["json_output"] = os.path.splitext(result["output"])[0] + ".json"
+        with open(result["json_output"], "w") as f:
+            json.dump(result, f, indent=1, default=float)
+        if final:
+            log(f"\nwrote {result['output']}, {result['json_output']}"
+                + (f" and {result['profile_output']}" if cfg.breakdown or cfg.profile else ""))
+
+    def stage(key: str, fn: Callable[[], Any]) -> None:
+        t = time.perf_counter()
+        try:
+            proxy[key] = fn()
+        except Exception as err:  # noqa: BLE001 - one failed stage must not lose the others
+            import traceback
+
+            proxy[f"{key}_error"] = f"{type(err).__name__}: {err}"
+            log(f"[{key}] FAILED: {type(err).__name__}: {err}\n{traceback.format_exc(limit=4)}")
+        log(f"[{key}] done in {time.perf_counter() - t:.1f} s")
+        finish(False)
+
     try:
-        default = ",".join(PROXY_DEFAULT_VARIANTS["cuda" if cfg.cuda else "cpu"])
-        variants = [v.strip() for v in (cfg.variants or default).split(",") if v.strip()]
-        unknown = [v for v in variants if v not in PROXY_VARIANTS]
-        if unknown:
-            raise SystemExit(f"unknown --variants {unknown}; choose from {list(PROXY_VARIANTS)}")
-        proxy: Dict[str, Any] = {"variant_order": variants}
         with tempfile.TemporaryDirectory(prefix="lad_proxy_") as tmp:
             train_ds, _, collator, _ = make_data(cfg, cfg.height, cfg.width, cfg.batch_size, cfg.warmup + cfg.steps, 1)
             from lad_hf.models import add_label_channel
@@ -1601,56 +1678,23 @@ def run_proxy(cfg: BenchConfig, write: bool = True, log: Callable[[str], None] =
             t = time.perf_counter()
             proxy["rounds"] = run_proxy_rounds(cfg, variants, train_ds, collator, tmp, log)
             log(f"[proxy] rounds done in {time.perf_counter() - t:.1f} s")
+            finish(False)
             if cfg.breakdown:
-                t = time.perf_counter()
-                proxy["breakdown"] = run_proxy_breakdown(cfg, train_ds, collator, tmp, log, cfg.breakdown_rounds)
-                log(f"[breakdown] done in {time.perf_counter() - t:.1f} s")
-            if cfg.breakdown:
-                proxy["micro"] = run_proxy_micro(cfg, train_ds, collator, tmp, log)
+                stage("breakdown", lambda: run_proxy_breakdown(cfg, train_ds, collator, tmp, log, cfg.breakdown_rounds))
+                stage("micro", lambda: run_proxy_micro(cfg, train_ds, collator, tmp, log, calls=cfg.micro_calls))
             if cfg.teardown_demo:
-                proxy["teardown"] = measure_worker_teardown(cfg, train_ds, collator, tmp)
-                log(f"[teardown] {proxy['teardown']}")
+                stage("teardown", lambda: measure_worker_teardown(cfg, train_ds, collator, tmp))
             if cfg.profile:
-                t = time.perf_counter()
-                proxy["profile"] = run_proxy_profile(cfg, train_ds, collator, tmp, cfg.trace_dir, log)
-                log(f"[profile] done in {time.perf_counter() - t:.1f} s")
-        miou = None
+                stage("profile", lambda: run_proxy_profile(cfg, train_ds, collator, tmp, cfg.trace_dir, log))
         if cfg.miou_masks > 0:
             before, desc = load_metrics_before(cfg.miou_before)
             if before is None and cfg.miou_before:
                 log(f"[miou] no before/after: {desc}")
-            miou = bench_miou(cfg.miou_masks, cfg.miou_height, cfg.miou_width, cfg.num_labels, cfg.miou_reps, cfg.seed,
-                              before=before, before_desc=desc)
-        result: Dict[str, Any] = {
-            "mode": "proxy",
-            "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "config": dataclasses.asdict(cfg), "machine": machine_info(cfg), "proxy": proxy, "miou": miou,
-            "total_s": time.perf_counter() - t_start,
-        }
+            result["miou"] = bench_miou(cfg.miou_masks, cfg.miou_height, cfg.miou_width, cfg.num_labels, cfg.miou_reps,
+                                        cfg.seed, before=before, before_desc=desc)
     finally:
         torch.set_num_threads(before_threads)
-    result["miou_text"] = format_miou(result["miou"])
-    result["output"] = proxy_output(cfg)
-    result["profile_output"] = profile_output(cfg)
-    tables = format_proxy(result)
-    result["tables"] = tables
-    for key in ("comparisons", "ablations", "variants", "breakdown", "micro"):
-        if key in tables:
-            log("")
-            log(tables[key])
-    log("")
-    log(result["miou_text"])
-    if write:
-        main_md, prof_md = render_proxy(result, tables)
-        os.makedirs(os.path.dirname(os.path.abspath(result["output"])), exist_ok=True)
-        with open(result["output"], "w") as f:
-            f.write(main_md)
-        with open(result["profile_output"], "w") as f:
-            f.write(prof_md)
-        result["json_output"] = os.path.splitext(result["output"])[0] + ".json"
-        with open(result["json_output"], "w") as f:
-            json.dump(result, f, indent=1, default=float)
-        log(f"\nwrote {result['output']}, {result['json_output']} and {result['profile_output']}")
+    finish(True)
     return result
 
 

@@ -92,7 +92,7 @@ def test_cpu_proxy_mode_runs_and_writes_its_reports(throughput, tmp_path):
     earlier metrics module (here: the current file loaded as 'before'), reports and the summary table."""
     tp = throughput
     cfg = tp.parse_args(["--cpu_proxy", "--rounds", "1", "--steps", "2", "--warmup", "1", "--height", "32",
-                         "--width", "32", "--batch_size", "2", "--num_labels", "5", "--breakdown_rounds", "1",
+                         "--width", "32", "--batch_size", "2", "--num_labels", "5", "--breakdown_rounds", "1", "--micro_calls", "5",
                          "--no-teardown_demo", "--miou_masks", "2", "--miou_height", "16", "--miou_width", "16",
                          "--miou_reps", "1", "--miou_before", os.path.join(REPO, "lad_hf", "metrics.py"),
                          "--variants", "plain_raw_preloaded,lad,lad_raw,lad+default_flops",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import defaultdict
 from typing import Dict, Optional
 
@@ -31,12 +32,17 @@ class _NonFiniteGuard(TrainerCallback):
     """
 
     def __init__(self, trainer: "LADTrainerBase"):
-        self.trainer = trainer
+        # a weak reference: a strong one makes trainer <-> callback a cycle, so a dropped trainer waits for the cyclic
+        # collector and its DataLoader workers time out (5 s each) instead of stopping at once
+        self._trainer = weakref.ref(trainer)
 
     def on_step_end(self, args, state, control, **kwargs):
+        trainer = self._trainer()
+        if trainer is None:
+            return
         if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop \
                 or state.global_step >= state.max_steps:
-            self.trainer.check_non_finite(what=" or ".join(self.trainer._bad_what) or "the training loss")
+            trainer.check_non_finite(what=" or ".join(trainer._bad_what) or "the training loss")
 
 
 class LADTrainerBase(CheckpointMixin, Trainer):
