@@ -54,19 +54,6 @@ def _setup_logging(training_args) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
-def _segformer_processor_class():
-    """``SegformerImageProcessor`` (torchvision backend) where torchvision is installed, else its PIL twin, named
-    directly: transformers' fallback would warn about it on every command."""
-    from transformers.utils import is_torchvision_available
-
-    if is_torchvision_available():
-        from transformers import SegformerImageProcessor
-
-        return SegformerImageProcessor
-    from transformers import SegformerImageProcessorPil
-
-    return SegformerImageProcessorPil
-
 
 _TORCHVISION_FALLBACK = "requires torchvision (not installed); falling back to"
 
@@ -88,11 +75,12 @@ def _silence_torchvision_fallback() -> None:
 def _default_image_processor(model_args, data_args):
     from .data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
     from .models import load_image_processor
+    from .models.builder import segformer_processor_class
 
     proc = load_image_processor(model_args)
     if proc is not None:
         return proc
-    return _segformer_processor_class()(
+    return segformer_processor_class()(
         size={"height": data_args.crop_size, "width": data_args.crop_size},
         image_mean=list(data_args.image_mean or IMAGENET_MEAN), image_std=list(data_args.image_std or IMAGENET_STD),
         do_reduce_labels=False,

@@ -181,7 +181,9 @@ def export_processor(model_path: str, model, info: Optional[Dict] = None):
     and aspect ratio (``do_resize=False``). With ``--eval_resize N`` it resizes to N x N, as evaluation did. Stock DPT
     heads need square inputs: their processor keeps its square resize, and the text says so.
     """
-    from transformers import AutoImageProcessor, SegformerImageProcessor
+    from transformers import AutoImageProcessor
+
+    from .models.builder import segformer_processor_class
 
     from .data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from .models.dinov2 import needs_square_input, patch_size
@@ -198,7 +200,7 @@ def export_processor(model_path: str, model, info: Optional[Dict] = None):
         side = getattr(model.config, "image_size", 512)
         size = {"height": h, "width": w} if isinstance(h, int) and isinstance(w, int) else \
             {"height": side if isinstance(side, int) else 512, "width": side if isinstance(side, int) else 512}
-        proc = SegformerImageProcessor(size=size, do_reduce_labels=False)
+        proc = segformer_processor_class()(size=size, do_reduce_labels=False)
     proc.image_mean, proc.image_std = [float(v) for v in mean], [float(v) for v in std]
     norm = (f"rescales to [0, 1] and normalises with mean {[round(v, 3) for v in proc.image_mean]} and std "
             f"{[round(v, 3) for v in proc.image_std]}")

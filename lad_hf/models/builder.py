@@ -198,3 +198,14 @@ def load_image_processor(model_args: ModelArguments):
                                                   token=model_args.token, trust_remote_code=model_args.trust_remote_code)
     except (OSError, ValueError):
         return None
+
+
+def segformer_processor_class():
+    """``SegformerImageProcessor`` where torchvision is installed, else its PIL twin named directly (transformers'
+    own fallback warns about it on every use); older transformers without the PIL twin get the plain class."""
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    if not is_torchvision_available() and hasattr(transformers, "SegformerImageProcessorPil"):
+        return transformers.SegformerImageProcessorPil
+    return transformers.SegformerImageProcessor

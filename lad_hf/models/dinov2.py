@@ -310,7 +310,7 @@ def fit_image_processor(model, processor, crop_size: int):
     is replaced by a ``SegformerImageProcessor`` with the same mean/std. A processor resizing to a fixed
     height/width that is not a multiple of the patch size gets its size rounded up. Others are kept.
     """
-    from transformers import SegformerImageProcessor
+    from .builder import segformer_processor_class
 
     cfg = getattr(model, "config", None)
     p = patch_size(cfg) if cfg is not None else None
@@ -328,7 +328,7 @@ def fit_image_processor(model, processor, crop_size: int):
     side = math.ceil(crop_size / p) * p
     mean = list(getattr(processor, "image_mean", None) or (0.485, 0.456, 0.406))
     std = list(getattr(processor, "image_std", None) or (0.229, 0.224, 0.225))
-    return SegformerImageProcessor(size={"height": side, "width": side}, image_mean=mean, image_std=std,
+    return segformer_processor_class()(size={"height": side, "width": side}, image_mean=mean, image_std=std,
                                    do_reduce_labels=False)
 
 
