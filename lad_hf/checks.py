@@ -97,7 +97,7 @@ _IO_HINTS = {
 
 
 def _file_on_the_way(path) -> Optional[str]:
-    """The first part of ``path`` that exists and is a file (why a folder cannot be made there), if any."""
+    """The first part of `path` that exists and is a file (why a folder cannot be made there), if any."""
     probe = os.path.abspath(path)
     parts = []
     while True:

@@ -1,24 +1,24 @@
-"""``lad-hf`` command line: train | teacher | distill | evaluate | export.
+"""`lad-hf` command line: train | teacher | distill | evaluate | export.
 
-Each training command takes ``--config recipe.yaml`` plus any ``--key value`` override, parsed with
-``transformers.HfArgumentParser``'s field rules into (ModelArguments, DataArguments, <Config>) as in the transformers
-examples. Works the same under ``accelerate launch -m lad_hf <command> ...``.
+Each training command takes `--config recipe.yaml` plus any `--key value` override, parsed with
+`transformers.HfArgumentParser`'s field rules into (ModelArguments, DataArguments, <Config>) as in the transformers
+examples. Works the same under `accelerate launch -m lad_hf <command> ...`.
 
 Rules of the command line:
 
-* Every bad input is ONE line on stderr, ``lad-hf <command>: error: ...``, exit code 2, no traceback: unknown or
-  abbreviated flags (``--max_step`` is an error, never ``--max_steps``), values argparse refuses, recipe keys and
+* Every bad input is ONE line on stderr, `lad-hf <command>: error: ...`, exit code 2, no traceback: unknown or
+  abbreviated flags (`--max_step` is an error, never `--max_steps`), values argparse refuses, recipe keys and
   values, model/teacher input channels, I/O errors (the path is named).
 * Recipe values are type-checked against the dataclass fields before anything loads, as the command line would read
-  them: ``true``/``false`` for bool fields (strings argparse reads as bools, ``"yes"``, ``"0"``..., too), integers for
-  int fields (never ``2.5``), integers or floats for float fields (and strings such as ``"1e-4"``, which YAML reads as
-  a string), strings for str fields (numbers become strings, ``2017`` -> ``"2017"``; YAML booleans such as an
-  unquoted ``no`` are refused with a hint to quote them), lists for list fields, ``null`` only for Optional fields.
-* ``lad-hf <command> --help`` lists ``--config`` first, then the command's own lad_hf options, then the inherited
-  ``TrainingArguments`` options.
-* ``lad-hf evaluate`` without ``--output_dir`` writes nothing: the metrics are printed as one JSON line on stdout and
-  the Trainer works in a temporary folder that is removed afterwards. With ``--output_dir`` they are also saved there
-  (``eval_results.json``).
+  them: `true`/`false` for bool fields (strings argparse reads as bools, `"yes"`, `"0"`..., too), integers for
+  int fields (never `2.5`), integers or floats for float fields (and strings such as `"1e-4"`, which YAML reads as
+  a string), strings for str fields (numbers become strings, `2017` -> `"2017"`; YAML booleans such as an
+  unquoted `no` are refused with a hint to quote them), lists for list fields, `null` only for Optional fields.
+* `lad-hf <command> --help` lists `--config` first, then the command's own lad_hf options, then the inherited
+  `TrainingArguments` options.
+* `lad-hf evaluate` without `--output_dir` writes nothing: the metrics are printed as one JSON line on stdout and
+  the Trainer works in a temporary folder that is removed afterwards. With `--output_dir` they are also saved there
+  (`eval_results.json`).
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ def _evaluate(model_args, data_args, args, save: bool):
 
 @dataclass
 class ExportArguments:
-    """Arguments of ``lad-hf export``."""
+    """Arguments of `lad-hf export`."""
 
     model_path: str = field(metadata={"help": "Trained student folder (output_dir of train/distill)."})
     output_dir: str = field(metadata={"help": "Where to write the stock transformers model."})

@@ -1,9 +1,9 @@
 """Export a trained student as a stock transformers model (LoRA merged, safetensors, model card) and push it.
 
-The model card is built with ``huggingface_hub``'s ``ModelCard`` / ``ModelCardData`` / ``EvalResult``. It names Hub ids
-only (``base_model``, ``datasets``, the model-index dataset, the teacher): a local path means nothing on the Hub, and the
-Hub refuses ``base_model`` / ``datasets`` values that are not repo ids. Which names are Hub ids is decided while training
-(``write_training_info`` records ``hub_ids``, with the working directory the paths were given in).
+The model card is built with `huggingface_hub`'s `ModelCard` / `ModelCardData` / `EvalResult`. It names Hub ids
+only (`base_model`, `datasets`, the model-index dataset, the teacher): a local path means nothing on the Hub, and the
+Hub refuses `base_model` / `datasets` values that are not repo ids. Which names are Hub ids is decided while training
+(`write_training_info` records `hub_ids`, with the working directory the paths were given in).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def _metrics_in(paths: Iterable[str]) -> Dict[str, float]:
 
 
 def teacher_metrics(teacher: Optional[str], roots: Iterable[str] = ()) -> Dict[str, float]:
-    """The teacher's own evaluation (``eval_label_gain`` ...), read next to its weights: a local folder (as given, or
-    under one of ``roots``), else a Hub id's files already in the local Hub cache (no download)."""
+    """The teacher's own evaluation (`eval_label_gain` ...), read next to its weights: a local folder (as given, or
+    under one of `roots`), else a Hub id's files already in the local Hub cache (no download)."""
     from .models.lora import hub_repo_id
 
     if not teacher:
@@ -88,10 +88,10 @@ def teacher_metrics(teacher: Optional[str], roots: Iterable[str] = ()) -> Dict[s
 
 
 def write_training_info(output_dir: str, info: Dict) -> None:
-    """How a model was trained (teacher, noise, losses, weights, metrics); read by ``export`` for the model card.
+    """How a model was trained (teacher, noise, losses, weights, metrics); read by `export` for the model card.
 
     Called at the end of training, from the working directory the paths were given in, it also records which of the
-    names are Hub ids (``hub_ids``) and, for a distilled student, the teacher's own evaluation (``teacher_eval``).
+    names are Hub ids (`hub_ids`) and, for a distilled student, the teacher's own evaluation (`teacher_eval`).
     """
     from .models.lora import hub_repo_id
 
@@ -125,7 +125,7 @@ def _roots(model_path: Optional[str]) -> Tuple[str, ...]:
 
 
 def hub_ids(info: Dict, model_path: Optional[str] = None) -> Dict[str, str]:
-    """The record's Hub ids: as recorded while training, else (an old record) a cautious guess (``user/name`` only,
+    """The record's Hub ids: as recorded while training, else (an old record) a cautious guess (`user/name` only,
     and nothing that exists on disk beside the run folder)."""
     from .models.lora import hub_repo_id
 
@@ -136,7 +136,7 @@ def hub_ids(info: Dict, model_path: Optional[str] = None) -> Dict[str, str]:
 
 
 def public_training_info(info: Dict, model_path: Optional[str] = None) -> Dict:
-    """The record as published with the export: local paths replaced by ``(local)``; no token."""
+    """The record as published with the export: local paths replaced by `(local)`; no token."""
     ids = hub_ids(info, model_path)
     out = {k: v for k, v in info.items() if k != "hub_token"}
     for key in HUB_KEYS:
@@ -152,7 +152,7 @@ def public_training_info(info: Dict, model_path: Optional[str] = None) -> Dict:
 
 
 def load_for_export(model_path: str):
-    """The trained model as a plain ``PreTrainedModel``: a PEFT adapter folder is merged into its base."""
+    """The trained model as a plain `PreTrainedModel`: a PEFT adapter folder is merged into its base."""
     from transformers import AutoModelForSemanticSegmentation
 
     if not os.path.isdir(model_path):
@@ -177,8 +177,8 @@ def _size_hw(size) -> Tuple[Optional[int], Optional[int]]:
 def export_processor(model_path: str, model, info: Optional[Dict] = None):
     """(image processor, what it does in words): the processor matches how the reported mIoU was measured.
 
-    Evaluation runs on whole images (``--eval_resize`` unset, the default): the processor then keeps each image's size
-    and aspect ratio (``do_resize=False``). With ``--eval_resize N`` it resizes to N x N, as evaluation did. Stock DPT
+    Evaluation runs on whole images (`--eval_resize` unset, the default): the processor then keeps each image's size
+    and aspect ratio (`do_resize=False`). With `--eval_resize N` it resizes to N x N, as evaluation did. Stock DPT
     heads need square inputs: their processor keeps its square resize, and the text says so.
     """
     from transformers import AutoImageProcessor
@@ -242,7 +242,7 @@ def export_processor(model_path: str, model, info: Optional[Dict] = None):
 
 def base_model_license(repo_id: Optional[str], model_path: Optional[str] = None) -> Optional[Tuple[str, Optional[str], Optional[str]]]:
     """(license, license_name, license_link) of the base model: its card in the local Hub cache, else the card the
-    Trainer wrote into the run folder (it copies the base model's licence), else ``KNOWN_LICENSES``; None when unknown."""
+    Trainer wrote into the run folder (it copies the base model's licence), else `KNOWN_LICENSES`; None when unknown."""
     from huggingface_hub import ModelCard, try_to_load_from_cache
 
     if not repo_id:
@@ -277,7 +277,7 @@ def _fmt(v) -> str:
 
 def model_card(model, info: Dict, metrics: Optional[Dict] = None, repo_id: Optional[str] = None,
                preprocessing: Optional[str] = None, model_path: Optional[str] = None) -> str:
-    """README.md for the Hub: ``ModelCardData`` metadata (library, task, base model, datasets, licence, model-index)
+    """README.md for the Hub: `ModelCardData` metadata (library, task, base model, datasets, licence, model-index)
     and a text that says what kind of model this is, how it was trained and evaluated, and what the processor does."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -353,9 +353,9 @@ def model_card(model, info: Dict, metrics: Optional[Dict] = None, repo_id: Optio
         lines.append("Trained with LoRA adapters on a frozen backbone; the adapters are merged into these weights.")
     lines.append("")
     if kind != "teacher":
-        lines += ["## Usage", "", "```python", "from transformers import pipeline", "",
+        lines += ["## Usage", "", "``python", "from transformers import pipeline", "",
                   f'seg = pipeline("image-segmentation", model="{repo_id or "path/to/this/folder"}")',
-                  'masks = seg("image.jpg")', "```", ""]
+                  'masks = seg("image.jpg")', "``", ""]
     if preprocessing:
         lines += ["## Preprocessing", "", preprocessing, ""]
     if metrics:
@@ -433,7 +433,7 @@ def export_model(model_path: str, output_dir: str, metrics: Optional[Dict] = Non
 
 def push_folder(folder: str, repo_id: str, token: Optional[str] = None, private: bool = False,
                 commit_message: str = "Upload a model exported by lad_hf") -> str:
-    """``HfApi.create_repo`` + ``upload_folder``; offline or unreachable Hub -> one clear LADError, folder intact."""
+    """`HfApi.create_repo` + `upload_folder`; offline or unreachable Hub -> one clear LADError, folder intact."""
     from huggingface_hub import HfApi
 
     if not repo_id:

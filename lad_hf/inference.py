@@ -15,7 +15,7 @@ from .errors import LADError
 
 
 def window_starts(length: int, window: int, stride: int) -> List[int]:
-    """Start offsets covering [0, length): every ``stride``, plus a last window flush with the end."""
+    """Start offsets covering [0, length): every `stride`, plus a last window flush with the end."""
     if length <= window:
         return [0]
     starts = list(range(0, length - window + 1, stride))
@@ -27,7 +27,7 @@ def window_starts(length: int, window: int, stride: int) -> List[int]:
 @torch.no_grad()
 def sliding_window_logits(forward: Callable[[torch.Tensor], torch.Tensor], pixel_values: torch.Tensor,
                           window: int, stride: int, num_labels: int) -> torch.Tensor:
-    """``forward(crop[N,C,S,S]) -> logits[N,K,h,w]``; returns float32 logits [N,K,H,W] at the input resolution.
+    """`forward(crop[N,C,S,S]) -> logits[N,K,h,w]`; returns float32 logits [N,K,H,W] at the input resolution.
 
     Images smaller than the window are run whole. Overlaps are averaged.
     """
@@ -52,7 +52,7 @@ def segmentation_logits(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out[0]
 
 def pad_to_multiple(pixel_values: torch.Tensor, multiple: int, square: bool = False, value: float = 0.0):
-    """Pad [N,C,H,W] bottom/right to multiples of ``multiple`` (and to a square) -> (padded, (H, W))."""
+    """Pad [N,C,H,W] bottom/right to multiples of `multiple` (and to a square) -> (padded, (H, W))."""
     h, w = pixel_values.shape[-2:]
     ph, pw = math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple
     if square:

@@ -91,7 +91,7 @@ class LogitMSE(_Distance):
 
 
 def build_loss(name: str, tau: float = 1.0) -> nn.Module:
-    """``build_loss("cwd", tau=4.0)``; unknown names get a clear error listing the registry."""
+    """`build_loss("cwd", tau=4.0)`; unknown names get a clear error listing the registry."""
     if name not in LOSSES:
         raise LADError(f"unknown distillation loss {name!r}; choose one of {sorted(LOSSES)}")
     return LOSSES[name](tau=tau)

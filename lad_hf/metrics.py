@@ -1,20 +1,20 @@
 """Segmentation metrics: a streaming mean IoU over one int64 confusion matrix, and the teacher's mKL.
 
-Everything is computed from the confusion matrix ``CM`` (rows = ground truth, columns = prediction)::
+Everything is computed from the confusion matrix `CM` (rows = ground truth, columns = prediction)::
 
     IoU_k = CM[k,k] / (sum_j CM[k,j] + sum_j CM[j,k] - CM[k,k])
     Acc_k = CM[k,k] / sum_j CM[k,j]
     overall_accuracy = trace(CM) / sum(CM)
 
-The keys and NaN rules follow Hugging Face ``evaluate``'s ``mean_iou``: a class whose union (for IoU) or label
-area (for accuracy) is 0 gets NaN, and the means skip NaN (``np.nanmean``).
+The keys and NaN rules follow Hugging Face `evaluate`'s `mean_iou`: a class whose union (for IoU) or label
+area (for accuracy) is 0 gets NaN, and the means skip NaN (`np.nanmean`).
 
-Pixels whose label equals ``ignore_index``, or whose label or prediction lies outside ``[0, K)``, are not counted.
-(``evaluate``'s ``mean_iou`` differs on one corner: it still counts a pixel whose label is out of range but not
-``ignore_index`` in the predicted area, and one whose prediction is out of range as a missed label pixel.)
+Pixels whose label equals `ignore_index`, or whose label or prediction lies outside `[0, K)`, are not counted.
+(`evaluate`'s `mean_iou` differs on one corner: it still counts a pixel whose label is out of range but not
+`ignore_index` in the predicted area, and one whose prediction is out of range as a missed label pixel.)
 
-Memory is O(K^2): predictions are never stored. ``torch`` and ``numpy`` only; ``evaluate`` is imported lazily by
-:func:`load_mean_iou_metric`, so this module also works where ``evaluate`` is not installed.
+Memory is O(K^2): predictions are never stored. `torch` and `numpy` only; `evaluate` is imported lazily by
+`load_mean_iou_metric`, so this module also works where `evaluate` is not installed.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ __all__ = [
     "MEAN_IOU_SCRIPT",
 ]
 
-#: Path of the offline ``evaluate`` metric script shipped in the package.
+#: Path of the offline `evaluate` metric script shipped in the package.
 MEAN_IOU_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics_module", "mean_iou.py")
 
-# Default bound on the number of upsampled logit elements held at once by :func:`upsample_argmax`
+# Default bound on the number of upsampled logit elements held at once by `upsample_argmax`
 # (2**26 float32 values = 256 MiB).
 DEFAULT_MAX_UPSAMPLE_ELEMENTS = 2**26
 
@@ -78,7 +78,7 @@ DEVICE_CONFUSION_CHUNK = 2**24
 
 
 def _clamp_into(out: torch.Tensor, src: torch.Tensor, k: int) -> None:
-    """``out = clamp(src, -1, k)`` in int64 (exact for every integer dtype: no narrowing before the clamp)."""
+    """`out = clamp(src, -1, k)` in int64 (exact for every integer dtype: no narrowing before the clamp)."""
     if src.dtype == torch.int64:
         torch.clamp(src, -1, k, out=out)
     else:
@@ -87,13 +87,13 @@ def _clamp_into(out: torch.Tensor, src: torch.Tensor, k: int) -> None:
 
 
 def _confusion_rows(preds: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int) -> torch.Tensor:
-    """Confusion matrices ``[N, K, K]`` (int64) of ``[N, M]`` integer maps.
+    """Confusion matrices `[N, K, K]` (int64) of `[N, M]` integer maps.
 
-    Labels and predictions are clamped to ``[-1, K]`` (int64) and binned with ``torch.bincount`` in a
-    ``(K+2) x (K+2)`` grid per sample; every out-of-range value lands in the border rows/columns, which are dropped,
-    and the row of an ``ignore_index`` inside ``[0, K)`` is zeroed. The work goes in chunks of at most
-    :data:`CPU_CONFUSION_CHUNK` elements on CPU (:data:`DEVICE_CONFUSION_CHUNK` elsewhere) through two reused int64
-    buffers: whole samples per chunk when they fit (sample ``n`` offset by ``n*(K+2)^2``), else slices of one
+    Labels and predictions are clamped to `[-1, K]` (int64) and binned with `torch.bincount` in a
+    `(K+2) x (K+2)` grid per sample; every out-of-range value lands in the border rows/columns, which are dropped,
+    and the row of an `ignore_index` inside `[0, K)` is zeroed. The work goes in chunks of at most
+    `CPU_CONFUSION_CHUNK` elements on CPU (`DEVICE_CONFUSION_CHUNK` elsewhere) through two reused int64
+    buffers: whole samples per chunk when they fit (sample `n` offset by `n*(K+2)^2`), else slices of one
     sample's pixels. No boolean indexing, no per-pixel Python, no full-size temporaries.
     """
     k = int(num_labels)
@@ -130,11 +130,11 @@ def _confusion_rows(preds: torch.Tensor, labels: torch.Tensor, num_labels: int, 
 
 
 def confusion_matrix(preds, labels, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
-    """Confusion matrix ``CM[gt, pred]`` (int64 ``[K, K]``) of integer maps of any matching shape.
+    """Confusion matrix `CM[gt, pred]` (int64 `[K, K]`) of integer maps of any matching shape.
 
-    ``torch.bincount`` on the inputs' device over cache-sized chunks of the flattened maps (see
-    :func:`_confusion_rows`), no boolean indexing. Pixels with label == ``ignore_index``, or label or prediction
-    outside ``[0, K)``, are not counted.
+    `torch.bincount` on the inputs' device over cache-sized chunks of the flattened maps (see
+    `_confusion_rows`), no boolean indexing. Pixels with label == `ignore_index`, or label or prediction
+    outside `[0, K)`, are not counted.
     """
     preds = _as_tensor(preds)
     labels = _as_tensor(labels, preds.device)
@@ -143,10 +143,10 @@ def confusion_matrix(preds, labels, num_labels: int, ignore_index: int = 255) ->
 
 
 def confusion_matrix_per_sample(preds, labels, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
-    """Per-sample confusion matrices (int64 ``[N, K, K]``) of ``[N, ...]`` integer maps (one bincount per chunk of
+    """Per-sample confusion matrices (int64 `[N, K, K]`) of `[N, ...]` integer maps (one bincount per chunk of
     whole samples).
 
-    Trainers gather these with ``gather_for_metrics`` (which drops padded duplicate samples) and sum over ``N``.
+    Trainers gather these with `gather_for_metrics` (which drops padded duplicate samples) and sum over `N`.
     """
     preds = _as_tensor(preds)
     labels = _as_tensor(labels, preds.device)
@@ -160,9 +160,9 @@ def confusion_matrix_per_sample(preds, labels, num_labels: int, ignore_index: in
 def upsample_argmax(
     logits: torch.Tensor, size, max_elements: int = DEFAULT_MAX_UPSAMPLE_ELEMENTS
 ) -> torch.Tensor:
-    """Class indices ``[N, H, W]`` from logits ``[N, K, h, w]``: bilinear upsampling to ``size`` then argmax.
+    """Class indices `[N, H, W]` from logits `[N, K, h, w]`: bilinear upsampling to `size` then argmax.
 
-    Upsamples ``max(1, max_elements // (K*H*W))`` samples at a time to bound memory. Half-precision logits
+    Upsamples `max(1, max_elements // (K*H*W))` samples at a time to bound memory. Half-precision logits
     on CPU are upsampled in float32.
     """
     if logits.dim() != 4:
@@ -184,12 +184,12 @@ def upsample_argmax(
 
 
 def mean_iou_from_confusion(confusion, nan_to_num: Optional[float] = None) -> dict:
-    """``evaluate``-style mean IoU dict from a ``[K, K]`` confusion matrix (rows = ground truth).
+    """`evaluate`-style mean IoU dict from a `[K, K]` confusion matrix (rows = ground truth).
 
-    ``IoU_k = CM[k,k] / (sum_j CM[k,j] + sum_j CM[j,k] - CM[k,k])``; ``Acc_k = CM[k,k] / sum_j CM[k,j]``.
-    Returns ``mean_iou``, ``mean_accuracy``, ``overall_accuracy`` (``np.float64``) and ``per_category_iou``,
-    ``per_category_accuracy`` (float64 arrays). Classes with a zero denominator are NaN and skipped by the means;
-    ``nan_to_num`` replaces every NaN, as in ``evaluate``.
+    `IoU_k = CM[k,k] / (sum_j CM[k,j] + sum_j CM[j,k] - CM[k,k])`; `Acc_k = CM[k,k] / sum_j CM[k,j]`.
+    Returns `mean_iou`, `mean_accuracy`, `overall_accuracy` (`np.float64`) and `per_category_iou`,
+    `per_category_accuracy` (float64 arrays). Classes with a zero denominator are NaN and skipped by the means;
+    `nan_to_num` replaces every NaN, as in `evaluate`.
     """
     if isinstance(confusion, torch.Tensor):
         confusion = confusion.detach().cpu().numpy()
@@ -225,8 +225,8 @@ def _class_name(k: int, id2label: Optional[Mapping]) -> str:
 
 
 def flatten_metrics(result: Mapping, id2label: Optional[Mapping] = None, prefix: str = "") -> dict:
-    """Flat ``{name: float}`` for Trainer logs: ``mean_iou``, ``mean_accuracy``, ``overall_accuracy`` and
-    ``iou_<class name>`` per class (class id when ``id2label`` lacks it; spaces become ``_``). NaN stays NaN."""
+    """Flat `{name: float}` for Trainer logs: `mean_iou`, `mean_accuracy`, `overall_accuracy` and
+    `iou_<class name>` per class (class id when `id2label` lacks it; spaces become `_`). NaN stays NaN."""
     flat = {f"{prefix}{key}": float(result[key]) for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
     for k, value in enumerate(np.asarray(result["per_category_iou"], dtype=np.float64).reshape(-1)):
         flat[f"{prefix}iou_{_class_name(k, id2label)}"] = float(value)
@@ -234,15 +234,15 @@ def flatten_metrics(result: Mapping, id2label: Optional[Mapping] = None, prefix:
 
 
 class StreamingMeanIoU:
-    """Streaming mean IoU: accumulates one int64 ``[K, K]`` confusion matrix on the inputs' device.
+    """Streaming mean IoU: accumulates one int64 `[K, K]` confusion matrix on the inputs' device.
 
-    ``IoU_k = CM[k,k] / (sum_j CM[k,j] + sum_j CM[j,k] - CM[k,k])``, with ``evaluate``'s ``mean_iou`` keys
-    and NaN rules (see :func:`mean_iou_from_confusion`).
+    `IoU_k = CM[k,k] / (sum_j CM[k,j] + sum_j CM[j,k] - CM[k,k])`, with `evaluate`'s `mean_iou` keys
+    and NaN rules (see `mean_iou_from_confusion`).
 
     Args:
         num_labels (`int`): number of classes K.
         ignore_index (`int`, defaults to 255): label value that is not counted.
-        id2label (`Mapping`, *optional*): class names for :meth:`named_metrics`.
+        id2label (`Mapping`, *optional*): class names for `named_metrics`.
         max_upsample_elements (`int`, defaults to 2**26): bound on upsampled logit elements held at once.
     """
 
@@ -265,7 +265,7 @@ class StreamingMeanIoU:
         self.confusion = None
 
     def add_confusion(self, cm) -> None:
-        """Add a ``[K, K]`` confusion matrix, or ``[N, K, K]`` per-sample matrices (summed over N)."""
+        """Add a `[K, K]` confusion matrix, or `[N, K, K]` per-sample matrices (summed over N)."""
         cm = _as_tensor(cm, self.confusion.device if self.confusion is not None else None)
         k = self.num_labels
         if cm.dim() == 3:
@@ -279,8 +279,8 @@ class StreamingMeanIoU:
             self.confusion += cm
 
     def update(self, preds, labels) -> None:
-        """Add a batch. ``preds``: class indices ``[N, H, W]`` or logits ``[N, K, h, w]`` (upsampled bilinearly
-        to the label size, then argmax); ``labels``: ``[N, H, W]``. A single ``[H, W]`` map also works."""
+        """Add a batch. `preds`: class indices `[N, H, W]` or logits `[N, K, h, w]` (upsampled bilinearly
+        to the label size, then argmax); `labels`: `[N, H, W]`. A single `[H, W]` map also works."""
         preds = _as_tensor(preds)
         labels = _as_tensor(labels, preds.device)
         if preds.dim() == labels.dim() + 1:  # logits with a class dimension
@@ -296,10 +296,10 @@ class StreamingMeanIoU:
         self.add_confusion(confusion_matrix(preds, labels, self.num_labels, self.ignore_index))
 
     def compute(self, sync: bool = False, nan_to_num: Optional[float] = None) -> dict:
-        """Metrics of everything added so far (see :func:`mean_iou_from_confusion`).
+        """Metrics of everything added so far (see `mean_iou_from_confusion`).
 
-        With ``sync=True`` and ``torch.distributed`` initialised, the matrices of all processes are summed with
-        ``all_reduce`` first (every process must call it). Trainers that gather per-sample matrices leave it off.
+        With `sync=True` and `torch.distributed` initialised, the matrices of all processes are summed with
+        `all_reduce` first (every process must call it). Trainers that gather per-sample matrices leave it off.
         """
         k = self.num_labels
         cm = self.confusion if self.confusion is not None else torch.zeros(k, k, dtype=torch.int64)
@@ -309,14 +309,14 @@ class StreamingMeanIoU:
         return mean_iou_from_confusion(cm, nan_to_num=nan_to_num)
 
     def named_metrics(self, prefix: str = "", sync: bool = False) -> dict:
-        """:meth:`compute` flattened for Trainer logs (see :func:`flatten_metrics`)."""
+        """`compute` flattened for Trainer logs (see `flatten_metrics`)."""
         return flatten_metrics(self.compute(sync=sync), self.id2label, prefix)
 
 
 def load_mean_iou_metric(**kwargs):
-    """The packaged ``evaluate`` mean IoU metric, loaded offline from :data:`MEAN_IOU_SCRIPT`.
+    """The packaged `evaluate` mean IoU metric, loaded offline from `MEAN_IOU_SCRIPT`.
 
-    Keyword arguments go to ``evaluate.load`` (e.g. ``keep_in_memory=True``). Needs ``evaluate`` installed.
+    Keyword arguments go to `evaluate.load` (e.g. `keep_in_memory=True`). Needs `evaluate` installed.
     """
     try:
         import evaluate
@@ -336,7 +336,7 @@ def load_mean_iou_metric(**kwargs):
 
 
 def mean_pairwise_kl(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """logits [D, N, C, H, W] of D noise draws -> mean pairwise KL per image [N] (``"none"``) or its mean."""
+    """logits [D, N, C, H, W] of D noise draws -> mean pairwise KL per image [N] (`"none"`) or its mean."""
     if logits.dim() != 5 or logits.shape[0] < 2:
         raise LADError(f"mean_pairwise_kl needs logits [D>=2, N, C, H, W], got {tuple(logits.shape)}")
     d = logits.shape[0]
@@ -349,7 +349,7 @@ def mean_pairwise_kl(logits: torch.Tensor, reduction: str = "mean") -> torch.Ten
 
 @torch.no_grad()
 def teacher_stability(teacher, pixel_values: torch.Tensor, labels: torch.Tensor, noiser, draws: int = 5) -> torch.Tensor:
-    """The teacher's mean pairwise KL over ``draws`` noised labels for the same images (paper's mKL; ×100 in Tab. 8)."""
+    """The teacher's mean pairwise KL over `draws` noised labels for the same images (paper's mKL; ×100 in Tab. 8)."""
     if draws < 2:
         raise LADError(f"teacher_stability needs draws >= 2, got {draws}")
     was_training = teacher.training

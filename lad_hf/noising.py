@@ -2,7 +2,7 @@
 
     ŷ = Σ_k α_k · Y_k + σ · β,    α_k ~ N(0, 1) per image and class,   β ~ N(0, 1) per pixel
 
-Σ_k α_k · Y_k is computed as ``alpha.gather(label)`` (O(H·W)); no K-channel one-hot is built.
+Σ_k α_k · Y_k is computed as `alpha.gather(label)` (O(H·W)); no K-channel one-hot is built.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class LabelNoiseArguments:
             raise LADError(f"--ignore_mode must be one of {list(IGNORE_MODES)}, got {self.ignore_mode!r}")
 
     def resolve_noise(self, saved: Optional[dict] = None) -> dict:
-        """Fill unset options from ``saved`` (a teacher's `config.lad_label_noise`), then the defaults; in place."""
+        """Fill unset options from `saved` (a teacher's `config.lad_label_noise`), then the defaults; in place."""
         saved = saved or {}
         for name, default in NOISE_DEFAULTS.items():
             if getattr(self, name) is None:
@@ -68,13 +68,13 @@ class LabelNoiseArguments:
 class LabelNoiser:
     """Randomly encodes a label map as one noisy channel (paper Eq. 5).
 
-    ``noiser(labels[N,H,W]) -> FloatTensor[N,1,H,W]``; ``noiser.assist(x[N,C,H,W], labels) -> [N,C+1,H,W]``.
+    `noiser(labels[N,H,W]) -> FloatTensor[N,1,H,W]`; `noiser.assist(x[N,C,H,W], labels) -> [N,C+1,H,W]`.
 
     * class noise: α_{n,k} ~ N(0,1), every pixel of class k in image n gets α_{n,k};
-      with ``class_noise=False`` the clean label is a fixed code in [-1/2, 1/2] per class, never 0 (the ignore code).
-    * pixel noise: + σ·β, β ~ N(0,1) per pixel (``pixel_noise=False`` or ``sigma=0`` disables it).
-    * ignore pixels: 0 (``ignore_mode="zero"``) or their own random class value (``"class"``, as the reference code).
-    * ``fixed_alpha``: a fixed per-class encoding tensor [K] (the reference code uses α_k = (k-11)/10 when distilling).
+      with `class_noise=False` the clean label is a fixed code in [-1/2, 1/2] per class, never 0 (the ignore code).
+    * pixel noise: + σ·β, β ~ N(0,1) per pixel (`pixel_noise=False` or `sigma=0` disables it).
+    * ignore pixels: 0 (`ignore_mode="zero"`) or their own random class value (`"class"`, as the reference code).
+    * `fixed_alpha`: a fixed per-class encoding tensor [K] (the reference code uses α_k = (k-11)/10 when distilling).
     """
 
     def __init__(
@@ -113,7 +113,7 @@ class LabelNoiser:
     @classmethod
     def from_args(cls, args, num_labels: int, generator: Optional[torch.Generator] = None,
                   fixed_alpha: Optional[torch.Tensor] = None, validate: bool = False) -> "LabelNoiser":
-        """A noiser from any object carrying the `LabelNoiseArguments` fields (and ``ignore_index``)."""
+        """A noiser from any object carrying the `LabelNoiseArguments` fields (and `ignore_index`)."""
         missing = [f for f in NOISE_FIELDS if getattr(args, f, None) is None]
         if missing:
             raise LADError(f"{type(args).__name__} has no resolved label-noise options {missing}; call resolve_noise()")
@@ -191,7 +191,7 @@ class LabelNoiser:
 
 def clean_codes(num_labels: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """The clean encoding [K+1]: class k -> (j_k - K/2) / K on the grid j = 0..K with the zero point skipped, so no
-    class gets 0 (the ignore code of ``ignore_mode="zero"``); column K (ignore, ``"class"`` mode) gets -1/2 - 1/K."""
+    class gets 0 (the ignore code of `ignore_mode="zero"`); column K (ignore, `"class"` mode) gets -1/2 - 1/K."""
     k = num_labels
     j = torch.arange(k, device=device, dtype=dtype)
     if k % 2 == 0:

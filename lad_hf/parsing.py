@@ -1,7 +1,7 @@
-"""Command-line parsing: ``--config recipe.yaml`` + ``--key value`` flags -> the argument dataclasses.
+"""Command-line parsing: `--config recipe.yaml` + `--key value` flags -> the argument dataclasses.
 
 HfArgumentParser's field rules, no abbreviations, recipe values type-checked against the fields before anything
-loads (the rules are listed in `lad_hf.cli`), and ``--help`` that lists ``--config`` and the command's own options
+loads (the rules are listed in `lad_hf.cli`), and `--help` that lists `--config` and the command's own options
 before the inherited `TrainingArguments`.
 """
 
@@ -48,9 +48,9 @@ def _first_doc_line(t) -> str:
 
 
 def build_parser(types: Sequence[type], command: Optional[str] = None, description: Optional[str] = None):
-    """The argument parser of a command: ``--config`` first, then the lad_hf dataclasses' own options, then the
-    inherited ``TrainingArguments`` options (argument groups in that order). No abbreviations (``allow_abbrev=False``).
-    Options shared by several dataclasses (``ignore_index``, ``trust_remote_code``) become one flag feeding all."""
+    """The argument parser of a command: `--config` first, then the lad_hf dataclasses' own options, then the
+    inherited `TrainingArguments` options (argument groups in that order). No abbreviations (`allow_abbrev=False`).
+    Options shared by several dataclasses (`ignore_index`, `trust_remote_code`) become one flag feeding all."""
     from transformers import HfArgumentParser, TrainingArguments
 
     prog = f"lad-hf {command}" if command else "lad-hf"
@@ -127,7 +127,7 @@ def _describe(tp) -> str:
 
 
 def _coerce(value, tp):
-    """``value`` as the field type ``tp`` wants it, or _Mismatch. Strings are read as argparse reads them."""
+    """`value` as the field type `tp` wants it, or _Mismatch. Strings are read as argparse reads them."""
     from transformers.hf_argparser import string_to_bool
 
     if tp is typing.Any:
@@ -223,7 +223,7 @@ def _recipe_fix(key: str, value, tp, f) -> str:
 
 
 def check_recipe_values(recipe: Dict, types: Sequence[type], path: str) -> Dict:
-    """Type-check (and convert) the recipe's values against the fields of ``types``.
+    """Type-check (and convert) the recipe's values against the fields of `types`.
 
     Refusals are one LADError naming the recipe file and the key, raised before anything loads."""
     owners: Dict[str, Tuple[type, object]] = {}
@@ -289,9 +289,9 @@ def _load_recipe(config_path: str, types: Sequence[type]) -> Dict:
 
 def parse_values(types: Sequence[type], argv: Sequence[str], command: Optional[str] = None,
                  description: Optional[str] = None) -> Dict[str, object]:
-    """``--config recipe.yaml`` sets defaults (every key a real argument of the right type); ``--key value`` overrides
-    them. Returns the parsed values by field name (before the dataclasses are built). ``-h``/``--help`` prints the
-    command's help and raises ``SystemExit(0)``."""
+    """`--config recipe.yaml` sets defaults (every key a real argument of the right type); `--key value` overrides
+    them. Returns the parsed values by field name (before the dataclasses are built). `-h`/`--help` prints the
+    command's help and raises `SystemExit(0)`."""
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
         build_parser(types, command, description).print_help()
@@ -324,5 +324,5 @@ def build_dataclasses(types: Sequence[type], values: Dict[str, object]) -> Tuple
 
 def parse_args(types: Sequence[type], argv: Sequence[str], command: Optional[str] = None,
                description: Optional[str] = None) -> Tuple:
-    """``--config recipe.yaml`` sets defaults (every key must be a real argument); ``--key value`` overrides them."""
+    """`--config recipe.yaml` sets defaults (every key must be a real argument); `--key value` overrides them."""
     return build_dataclasses(types, parse_values(types, argv, command, description))

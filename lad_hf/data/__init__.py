@@ -1,4 +1,4 @@
-"""Data: dataset (Hub or disk) → transforms → batch ``{pixel_values, labels}``.
+"""Data: dataset (Hub or disk) → transforms → batch `{pixel_values, labels}`.
 
     loading.load_segmentation_dataset → transforms.apply_transforms → collator.SegmentationCollator
 

@@ -20,50 +20,50 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DataArguments:
     r"""
-    Arguments for the data, named as in transformers' ``run_semantic_segmentation.py`` where they overlap.
+    Arguments for the data, named as in transformers' `run_semantic_segmentation.py` where they overlap.
 
     Parameters that control which data is loaded:
 
         dataset_name (`str` or `None`, defaults to `None`):
-            Hub dataset id, or a local path: a folder of parquet files (``train-*.parquet``,
-            ``validation.parquet``, or ``train/`` and ``validation/`` sub-folders), a ``save_to_disk`` folder, an
-            image folder with ``metadata.csv``/``metadata.jsonl`` pairing ``file_name`` with a mask path column,
-            or a single ``.parquet`` file.
+            Hub dataset id, or a local path: a folder of parquet files (`train-*.parquet`,
+            `validation.parquet`, or `train/` and `validation/` sub-folders), a `save_to_disk` folder, an
+            image folder with `metadata.csv`/`metadata.jsonl` pairing `file_name` with a mask path column,
+            or a single `.parquet` file.
         dataset_config_name (`str` or `None`, defaults to `None`): Hub dataset configuration.
         dataset_revision (`str`, defaults to `"main"`): Hub dataset revision.
         data_dir (`str` or `None`, defaults to `None`): Sub-folder of the dataset to read.
         image_column (`str` or `None`, defaults to `None`):
-            Column of the images; `None` picks the first of ``image``, ``pixel_values``, ``img``, ...
+            Column of the images; `None` picks the first of `image`, `pixel_values`, `img`, ...
         label_column (`str` or `None`, defaults to `None`):
-            Column of the masks; `None` picks the first of ``label``, ``annotation``, ``mask``, ``semantic_map``,
-            ``segmentation``, ...
+            Column of the masks; `None` picks the first of `label`, `annotation`, `mask`, `semantic_map`,
+            `segmentation`, ...
         id2label (`str` or `None`, defaults to `None`):
-            JSON file or inline JSON (``{"0": "road", ...}`` or ``["road", ...]``). Without it the names come from
-            a ``ClassLabel`` feature of the label column, then an ``id2label.json`` next to the data.
+            JSON file or inline JSON (`{"0": "road", ...}` or `["road", ...]`). Without it the names come from
+            a `ClassLabel` feature of the label column, then an `id2label.json` next to the data.
         label_colors (`str` or `None`, defaults to `None`):
-            JSON file or inline JSON mapping mask colours to class ids for RGB masks; a colour is ``"r,g,b"``,
-            ``"#rrggbb"`` or ``"[r,g,b]"``. The inverse (id -> colour) is accepted too.
+            JSON file or inline JSON mapping mask colours to class ids for RGB masks; a colour is `"r,g,b"`,
+            `"#rrggbb"` or `"[r,g,b]"`. The inverse (id -> colour) is accepted too.
         label_set (`str` or `None`, defaults to `None`):
-            A standard label set shipped with the package: ``ade20k`` (150 classes), ``cityscapes`` (19),
-            ``voc`` (21) or ``coco-stuff`` (171). It gives the class names *and* maps the raw values of the
+            A standard label set shipped with the package: `ade20k` (150 classes), `cityscapes` (19),
+            `voc` (21) or `coco-stuff` (171). It gives the class names *and* maps the raw values of the
             official masks to train ids (e.g. Cityscapes labelIds -> trainIds, ADE20K 0 -> ignore and k -> k-1,
             COCO-Stuff ids 0..181 -> 0..170). A folder in one of the official layouts (ADEChallengeData2016,
             Cityscapes, VOCdevkit, COCO-Stuff 164K) selects its label set by itself; an explicit
-            ``--label_set`` or ``--id2label`` wins (``--id2label`` alone switches the automatic one off; with
-            ``--label_set`` as well it only renames the classes).
+            `--label_set` or `--id2label` wins (`--id2label` alone switches the automatic one off; with
+            `--label_set` as well it only renames the classes).
         label_map (`str` or `None`, defaults to `None`):
-            JSON file or inline JSON mapping raw mask values to train ids, like evaluate's ``mean_iou``
-            ``label_map``: ``{"7": 0, "8": 1, "26": 13}``; ``null`` means ignore. Unlisted values become
-            ``ignore_index``; add ``"*": "keep"`` to mark the map partial (unlisted values keep their value) or
-            ``"*": <id>`` to send them all to one id. Wins over the map of ``--label_set`` and replaces
-            ``--do_reduce_labels``. Applied with one lookup table where masks are decoded (training and
+            JSON file or inline JSON mapping raw mask values to train ids, like evaluate's `mean_iou`
+            `label_map`: `{"7": 0, "8": 1, "26": 13}`; `null` means ignore. Unlisted values become
+            `ignore_index`; add `"*": "keep"` to mark the map partial (unlisted values keep their value) or
+            `"*": <id>` to send them all to one id. Wins over the map of `--label_set` and replaces
+            `--do_reduce_labels`. Applied with one lookup table where masks are decoded (training and
             evaluation).
         do_reduce_labels (`bool`, defaults to `False`):
-            Map mask value 0 (background) to ``ignore_index`` and every other value k to k-1, as the HF
-            image processors do for ADE20k; ``ignore_index`` stays ``ignore_index``.
+            Map mask value 0 (background) to `ignore_index` and every other value k to k-1, as the HF
+            image processors do for ADE20k; `ignore_index` stays `ignore_index`.
         ignore_index (`int`, defaults to `255`): Label value excluded from the loss and the metrics.
         train_split (`str`, defaults to `"train"`), eval_split (`str`, defaults to `"validation"`):
-            Split names; ``val``/``valid``/``dev`` are accepted for ``validation`` and vice versa.
+            Split names; `val`/`valid`/`dev` are accepted for `validation` and vice versa.
         train_val_split (`float` or `None`, defaults to `None`):
             When the eval split is missing, carve this fraction of the train split (seeded) as validation.
         max_train_samples (`int` or `None`), max_eval_samples (`int` or `None`): Keep the first n rows.
@@ -82,13 +82,13 @@ class DataArguments:
         pad_to_multiple_of (`int` or `None`, defaults to `None`): The collator pads H and W to a multiple of it.
         skip_bad_samples (`bool`, defaults to `False`):
             Instead of stopping: the CLI decodes every row once and drops unreadable rows and rows whose mask
-            does not fit the image (:func:`drop_bad_samples`; the count is logged again at the end of the run
-            and stored in ``lad_training_info.json``); image-folder rows whose files are missing are dropped; a
+            does not fit the image (`drop_bad_samples`; the count is logged again at the end of the run
+            and stored in `lad_training_info.json`); image-folder rows whose files are missing are dropped; a
             row that still fails inside the lazy transforms becomes an all-ignore sample (with a warning).
 
-    Note: Hub options shared with the model (``cache_dir``, ``token``, ``trust_remote_code``) live in
-    ``ModelArguments`` and are passed to :func:`load_segmentation_dataset` as keyword arguments (a second
-    ``--trust_remote_code`` field would clash in ``HfArgumentParser``; datasets>=4 ignores it anyway).
+    Note: Hub options shared with the model (`cache_dir`, `token`, `trust_remote_code`) live in
+    `ModelArguments` and are passed to `load_segmentation_dataset` as keyword arguments (a second
+    `--trust_remote_code` field would clash in `HfArgumentParser`; datasets>=4 ignores it anyway).
     """
 
     # -- which data --------------------------------------------------------------------------------------------------

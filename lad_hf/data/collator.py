@@ -21,10 +21,10 @@ logger = logging.getLogger(__name__)
 
 
 class SegmentationCollator:
-    """Stack ``pixel_values`` [3,h,w] and ``labels`` [h,w] into a batch.
+    """Stack `pixel_values` [3,h,w] and `labels` [h,w] into a batch.
 
     Samples of different sizes (whole-image evaluation) are padded bottom/right to the largest height and
-    width, images with 0 and labels with ``ignore_index``; ``pad_to_multiple_of`` rounds H and W up further
+    width, images with 0 and labels with `ignore_index`; `pad_to_multiple_of` rounds H and W up further
     (e.g. 14 for DINOv2, 32 for most CNNs). When padding makes a batch far larger than its images (one big
     image among small ones: every image is padded to the big one's size), it warns once.
     """
@@ -84,6 +84,6 @@ class SegmentationCollator:
 
 
 def build_collator(data_args: DataArguments, num_labels: Optional[int] = None) -> SegmentationCollator:
-    """The collator for ``data_args``; with ``num_labels`` it also checks every batch's label values (in the workers)."""
+    """The collator for `data_args`; with `num_labels` it also checks every batch's label values (in the workers)."""
     return SegmentationCollator(ignore_index=data_args.ignore_index, pad_to_multiple_of=data_args.pad_to_multiple_of,
                                 num_labels=num_labels)

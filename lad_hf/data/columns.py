@@ -10,7 +10,7 @@ from ..errors import LADError
 
 logger = logging.getLogger(__name__)
 
-#: Column added by :func:`load_segmentation_dataset`: the row's index in its source split.
+#: Column added by `load_segmentation_dataset`: the row's index in its source split.
 ROW_INDEX_COLUMN = "__lad_row__"
 
 IMAGE_COLUMN_CANDIDATES = ("image", "pixel_values", "img", "images", "rgb")
@@ -51,7 +51,7 @@ def pick_column(
     flag: str,
     listed: Optional[Sequence[str]] = None,
 ) -> str:
-    """``explicit`` if it is a column, else the first candidate present; ``listed`` is what errors show."""
+    """`explicit` if it is a column, else the first candidate present; `listed` is what errors show."""
     columns = list(columns)
     shown = _visible_columns(listed if listed is not None else columns)
     if explicit:
@@ -76,9 +76,9 @@ def pick_column(
 def resolve_columns(
     dataset, image_column: Optional[str] = None, label_column: Optional[str] = None, require_label: bool = True
 ) -> Tuple[str, Optional[str]]:
-    """(image column, label column) of a ``Dataset``/``DatasetDict`` (first split), auto-detected when `None`.
+    """(image column, label column) of a `Dataset`/`DatasetDict` (first split), auto-detected when `None`.
 
-    Raises :class:`LADError` listing the existing columns when a given name is not a column or nothing matches.
+    Raises `LADError` listing the existing columns when a given name is not a column or nothing matches.
     """
     columns = _column_names(dataset)
     image = pick_column(columns, image_column, IMAGE_COLUMN_CANDIDATES, "image", "--image_column")
@@ -104,7 +104,7 @@ def _column_names(dataset) -> List[str]:
 
 
 def undecoded(ds, columns: Sequence[str]):
-    """Image columns switched to ``decode=False``: the transforms decode (and catch bad files) themselves."""
+    """Image columns switched to `decode=False`: the transforms decode (and catch bad files) themselves."""
     import datasets
 
     for col in columns:

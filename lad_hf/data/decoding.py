@@ -59,7 +59,7 @@ def _exif_orientation(img: PILImage.Image) -> Optional[int]:
 
 
 def _exif_transpose(img: PILImage.Image) -> PILImage.Image:
-    """Rotate/flip to the EXIF orientation, as ``datasets.Image`` does when it decodes (a phone JPEG with
+    """Rotate/flip to the EXIF orientation, as `datasets.Image` does when it decodes (a phone JPEG with
     Orientation=6 is stored sideways; its mask is drawn on the displayed, upright picture)."""
     if _exif_orientation(img) in (None, 1):
         return img
@@ -69,7 +69,7 @@ def _exif_transpose(img: PILImage.Image) -> PILImage.Image:
 
 
 def require_finite(arr: np.ndarray, what: str) -> None:
-    """Raise :class:`LADError` when a float array holds NaN/inf (casting them gives garbage, never an error)."""
+    """Raise `LADError` when a float array holds NaN/inf (casting them gives garbage, never an error)."""
     if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
         n = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise LADError(
@@ -105,11 +105,11 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def load_image(value: Any) -> PILImage.Image:
-    """A dataset cell (PIL image, ``{"bytes", "path"}`` dict, path, array HWC/CHW) -> RGB PIL image.
+    """A dataset cell (PIL image, `{"bytes", "path"}` dict, path, array HWC/CHW) -> RGB PIL image.
 
-    Encoded images are turned upright by their EXIF orientation (as ``datasets.Image`` does). 16-bit images
-    (``I;16`` PNGs, uint16 arrays) are scaled to 8 bit (/257), ``I``/``F`` images and arrays as :func:`_to_uint8`;
-    NaN/inf pixels raise :class:`LADError`.
+    Encoded images are turned upright by their EXIF orientation (as `datasets.Image` does). 16-bit images
+    (`I;16` PNGs, uint16 arrays) are scaled to 8 bit (/257), `I`/`F` images and arrays as `_to_uint8`;
+    NaN/inf pixels raise `LADError`.
     """
     img = _open_any(value)
     if isinstance(img, PILImage.Image):
@@ -169,17 +169,17 @@ def decode_mask(
     ignore_index: int = 255,
     label_map: Optional[Union[LabelLUT, Mapping[int, Optional[int]]]] = None,
 ) -> np.ndarray:
-    """A mask cell -> class indices, ``int64`` [H, W].
+    """A mask cell -> class indices, `int64` [H, W].
 
-    * ``L``/``I``/``I;16``/``1``/``F`` images and 2-D arrays hold class indices directly.
-    * ``P`` (palette) images give their palette *indices* (VOC style), never the palette colours.
-    * RGB/RGBA masks need ``label_colors`` (colour -> id); unknown colours raise :class:`LADError` listing up
-      to 5 of them. Without ``label_colors``, an RGB mask whose three channels are equal is read as grayscale
+    * `L`/`I`/`I;16`/`1`/`F` images and 2-D arrays hold class indices directly.
+    * `P` (palette) images give their palette *indices* (VOC style), never the palette colours.
+    * RGB/RGBA masks need `label_colors` (colour -> id); unknown colours raise `LADError` listing up
+      to 5 of them. Without `label_colors`, an RGB mask whose three channels are equal is read as grayscale
       indices; otherwise it raises.
-    * ``label_map``: raw value -> train id (``--label_set``/``--label_map``), a :class:`LabelLUT` or a mapping
-      (unlisted values -> ``ignore_index``), applied to the decoded values with one table lookup.
-    * ``do_reduce_labels``: 0 -> ``ignore_index``, k -> k-1, ``ignore_index`` stays ``ignore_index`` (after
-      ``label_map`` if both are given; callers normally pass one of them).
+    * `label_map`: raw value -> train id (`--label_set`/`--label_map`), a `LabelLUT` or a mapping
+      (unlisted values -> `ignore_index`), applied to the decoded values with one table lookup.
+    * `do_reduce_labels`: 0 -> `ignore_index`, k -> k-1, `ignore_index` stays `ignore_index` (after
+      `label_map` if both are given; callers normally pass one of them).
     """
     if label_map is not None and not isinstance(label_map, LabelLUT):
         label_map = LabelLUT.from_mapping(label_map, ignore_index=ignore_index)

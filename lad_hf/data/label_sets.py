@@ -1,28 +1,28 @@
 """Standard label sets shipped with the package (`--label_set`) and the raw-value -> train-id lookup tables
 (`--label_map`) that the mask decoder applies.
 
-A :class:`LabelSet` names the classes (``id2label``, train ids 0..K-1) and says how the raw values stored in the
-official masks become train ids (``label_map``). The remapping is done by one numpy lookup table
-(:class:`LabelLUT`) where masks are decoded (:func:`~lad_hf.data.decoding.decode_mask`), for training and
+A `LabelSet` names the classes (`id2label`, train ids 0..K-1) and says how the raw values stored in the
+official masks become train ids (`label_map`). The remapping is done by one numpy lookup table
+(`LabelLUT`) where masks are decoded (`lad_hf.data.decoding.decode_mask`), for training and
 evaluation alike.
 
 Sources the lists were checked against (facts only; no code was copied):
 
-* ``ade20k`` -- the 150 SceneParsing classes of mmsegmentation ``mmseg/datasets/ade.py`` (``ADE20KDataset``,
-  ``reduce_zero_label=True``: annotation 0 is "other" and ignored, k -> k-1); same order as the
-  ``huggingface/label-files`` ``ade20k-id2label.json`` used by transformers' example and the
-  ``id2label`` of the ``nvidia/segformer-*-finetuned-ade-*`` checkpoints, checked name by name. Class 7 is
-  spelled ``'bed '`` (trailing space) in all three and is kept so: distillation and ``evaluate`` compare
-  ``id2label`` with those checkpoints' exactly.
-* ``cityscapes`` -- names from mmsegmentation ``mmseg/datasets/cityscapes.py``; the labelId -> trainId table
-  from cityscapesScripts ``cityscapesscripts/helpers/labels.py`` (ids 0..33 and -1; every label whose trainId
+* `ade20k` -- the 150 SceneParsing classes of mmsegmentation `mmseg/datasets/ade.py` (`ADE20KDataset`,
+  `reduce_zero_label=True`: annotation 0 is "other" and ignored, k -> k-1); same order as the
+  `huggingface/label-files` `ade20k-id2label.json` used by transformers' example and the
+  `id2label` of the `nvidia/segformer-*-finetuned-ade-*` checkpoints, checked name by name. Class 7 is
+  spelled `'bed '` (trailing space) in all three and is kept so: distillation and `evaluate` compare
+  `id2label` with those checkpoints' exactly.
+* `cityscapes` -- names from mmsegmentation `mmseg/datasets/cityscapes.py`; the labelId -> trainId table
+  from cityscapesScripts `cityscapesscripts/helpers/labels.py` (ids 0..33 and -1; every label whose trainId
   is 255 or -1 is ignored). Some forks of that file add lane-line labels 34..45; they are not part of the
   official 19-class benchmark and are ignored here like every other unlisted value.
-* ``voc`` -- the 21 names of mmsegmentation ``mmseg/datasets/voc.py`` (``VOCDataset``); masks hold the class
+* `voc` -- the 21 names of mmsegmentation `mmseg/datasets/voc.py` (`VOCDataset`); masks hold the class
   index (palette PNG), 255 marks object boundaries ("void") and is ignored.
-* ``coco-stuff`` -- the 171 names (80 things + 91 stuff) of mmsegmentation ``mmseg/datasets/coco_stuff.py``
-  (``COCOStuffDataset``); the raw ``stuffthingmaps_trainval2017`` PNGs hold 0-based COCO ids 0..181 and 255
-  (unlabeled). mmsegmentation's ``tools/dataset_converters/coco_stuff164k.py`` (``clsID_to_trID``) maps the
+* `coco-stuff` -- the 171 names (80 things + 91 stuff) of mmsegmentation `mmseg/datasets/coco_stuff.py`
+  (`COCOStuffDataset`); the raw `stuffthingmaps_trainval2017` PNGs hold 0-based COCO ids 0..181 and 255
+  (unlabeled). mmsegmentation's `tools/dataset_converters/coco_stuff164k.py` (`clsID_to_trID`) maps the
   171 used ids to 0..170 in order; the 11 ids it leaves out (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90: COCO
   classes that were dropped, e.g. "street sign", "hat") and 255 become the ignore index.
 """
@@ -126,9 +126,9 @@ _MAX_TABLE_KEY = 65535
 class LabelLUT:
     """Raw mask value -> train id as one numpy table, applied with a single fancy-indexing lookup.
 
-    ``table[v]`` is the train id of raw value ``v`` for ``0 <= v < len(table)``. Values outside the table
-    (negative, or beyond it) become ``ignore_index``, or keep their value when ``keep_unlisted`` (a partial
-    map). The table is at least 256 long, so ``uint8`` masks are looked up without a range check or a cast.
+    `table[v]` is the train id of raw value `v` for `0 <= v < len(table)`. Values outside the table
+    (negative, or beyond it) become `ignore_index`, or keep their value when `keep_unlisted` (a partial
+    map). The table is at least 256 long, so `uint8` masks are looked up without a range check or a cast.
     """
 
     def __init__(self, table: np.ndarray, ignore_index: int = 255, keep_unlisted: bool = False,
@@ -149,8 +149,8 @@ class LabelLUT:
     @classmethod
     def from_mapping(cls, mapping: Mapping[int, Optional[int]], ignore_index: int = 255, keep_unlisted: bool = False,
                      default: Optional[int] = None) -> "LabelLUT":
-        """``{raw: train_id}`` (``None`` = ignore) -> table; unlisted values -> ``default`` (``ignore_index``) or,
-        with ``keep_unlisted``, unchanged."""
+        """`{raw: train_id}` (`None` = ignore) -> table; unlisted values -> `default` (`ignore_index`) or,
+        with `keep_unlisted`, unchanged."""
         keys = [int(k) for k in mapping]
         if any(k < 0 for k in keys):
             raise LADError(f"label map keys must be mask values >= 0, got {sorted(k for k in keys if k < 0)[:5]}")
@@ -201,15 +201,15 @@ class LabelSet:
     """A standard dataset's classes and the encoding of its official masks.
 
     Attributes:
-        name: Registry key (the ``--label_set`` value).
+        name: Registry key (the `--label_set` value).
         id2label: Train id -> class name, ids 0..K-1.
-        label_map: Raw mask value -> train id; values not listed become ``ignore_index``. `None` when the masks
-            already hold train ids (only ``ignore_index`` is special).
+        label_map: Raw mask value -> train id; values not listed become `ignore_index`. `None` when the masks
+            already hold train ids (only `ignore_index` is special).
         reduce_labels: The map is the "reduce labels" shift (0 -> ignore, k -> k-1), i.e. what
-            ``--do_reduce_labels`` does; both may then be given without applying the shift twice.
+            `--do_reduce_labels` does; both may then be given without applying the shift twice.
         ignore_index: The raw value meaning "ignore" in the official masks (remapped to the run's
-            ``--ignore_index`` when they differ).
-        description: One line for ``--help`` and logs.
+            `--ignore_index` when they differ).
+        description: One line for `--help` and logs.
         source: Where the class list and the encoding were checked.
     """
 
@@ -226,7 +226,7 @@ class LabelSet:
         return len(self.id2label)
 
     def lookup_table(self, ignore_index: Optional[int] = None) -> Optional[LabelLUT]:
-        """The raw -> train-id table for a run whose ignore index is ``ignore_index`` (default: the set's).
+        """The raw -> train-id table for a run whose ignore index is `ignore_index` (default: the set's).
 
         `None` when the masks need no remapping (train-id masks and the same ignore index).
         """
@@ -280,7 +280,7 @@ LABEL_SETS: Dict[str, LabelSet] = {
 
 
 def get_label_set(name: str) -> LabelSet:
-    """The registered :class:`LabelSet` called ``name``; :class:`LADError` listing the choices otherwise."""
+    """The registered `LabelSet` called `name`; `LADError` listing the choices otherwise."""
     key = str(name).strip()
     if key in LABEL_SETS:
         return LABEL_SETS[key]
@@ -316,13 +316,13 @@ def _read_json(value: str, flag: str) -> Any:
 
 
 def parse_label_map(value: Union[str, Mapping], ignore_index: int = 255) -> LabelLUT:
-    """``--label_map`` -> :class:`LabelLUT`.
+    """`--label_map` -> `LabelLUT`.
 
-    A JSON object (inline or in a file) mapping raw mask values to train ids, like the ``label_map`` of
-    evaluate's ``mean_iou``: ``{"7": 0, "8": 1, "26": 13}``. A value ``null`` (or ``"ignore"``) maps to
-    ``ignore_index``. Unlisted raw values become ``ignore_index`` -- unless the map holds the key ``"*"``:
-    ``"*": "keep"`` marks the map *partial* (unlisted values keep their value, as evaluate does),
-    ``"*": "ignore"`` is the default, and ``"*": <int>`` sends every unlisted value to that id.
+    A JSON object (inline or in a file) mapping raw mask values to train ids, like the `label_map` of
+    evaluate's `mean_iou`: `{"7": 0, "8": 1, "26": 13}`. A value `null` (or `"ignore"`) maps to
+    `ignore_index`. Unlisted raw values become `ignore_index` -- unless the map holds the key `"*"`:
+    `"*": "keep"` marks the map *partial* (unlisted values keep their value, as evaluate does),
+    `"*": "ignore"` is the default, and `"*": <int>` sends every unlisted value to that id.
     """
     flag = "--label_map"
     data = _read_json(value, flag) if isinstance(value, str) else value
@@ -365,10 +365,10 @@ def parse_label_map(value: Union[str, Mapping], ignore_index: int = 255) -> Labe
 
 
 def label_decoding(data_args, ignore_index: Optional[int] = None) -> Tuple[Optional[LabelLUT], bool]:
-    """``(lookup table or None, do_reduce_labels)`` that mask decoding applies for ``data_args``.
+    """`(lookup table or None, do_reduce_labels)` that mask decoding applies for `data_args`.
 
-    ``--label_map`` wins over ``--label_set``; either replaces ``--do_reduce_labels``: giving it as well is
-    accepted for a set whose map *is* the reduction (``ade20k``) and is an error otherwise (it would shift the
+    `--label_map` wins over `--label_set`; either replaces `--do_reduce_labels`: giving it as well is
+    accepted for a set whose map *is* the reduction (`ade20k`) and is an error otherwise (it would shift the
     ids a second time).
     """
     ignore = int(data_args.ignore_index if ignore_index is None else ignore_index)

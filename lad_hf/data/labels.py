@@ -44,7 +44,7 @@ def _read_json_option(value: Union[str, Mapping, Sequence], flag: str) -> Any:
 
 
 def parse_id2label(value: Union[str, Mapping, Sequence]) -> Dict[int, str]:
-    """``{"0": "road"}`` / ``["road", ...]`` / a JSON file holding either -> ``{0: "road", ...}`` (ids 0..K-1)."""
+    """`{"0": "road"}` / `["road", ...]` / a JSON file holding either -> `{0: "road", ...}` (ids 0..K-1)."""
     data = _read_json_option(value, "--id2label")
     if isinstance(data, Mapping):
         out = {}
@@ -66,7 +66,7 @@ def parse_id2label(value: Union[str, Mapping, Sequence]) -> Dict[int, str]:
 
 
 def _parse_color(key: Any) -> Optional[Tuple[int, int, int]]:
-    """``"r,g,b"``, ``"#rrggbb"``, ``"[r,g,b]"``, ``"(r, g, b)"`` or a list -> (r, g, b); None if not a colour."""
+    """`"r,g,b"`, `"#rrggbb"`, `"[r,g,b]"`, `"(r, g, b)"` or a list -> (r, g, b); None if not a colour."""
     if isinstance(key, (list, tuple)):
         parts = list(key)
     elif isinstance(key, str):
@@ -93,7 +93,7 @@ def _parse_color(key: Any) -> Optional[Tuple[int, int, int]]:
 
 
 def parse_label_colors(value: Union[str, Mapping, None]) -> Optional[Dict[Tuple[int, int, int], int]]:
-    """Colour table for RGB masks -> ``{(r, g, b): class_id}``. Accepts colour -> id and id -> colour."""
+    """Colour table for RGB masks -> `{(r, g, b): class_id}`. Accepts colour -> id and id -> colour."""
     if value is None:
         return None
     data = _read_json_option(value, "--label_colors") if isinstance(value, str) else value
@@ -122,11 +122,11 @@ def parse_label_colors(value: Union[str, Mapping, None]) -> Optional[Dict[Tuple[
 
 
 def reduce_id2label(id2label: Mapping[int, str]) -> Dict[int, str]:
-    """id2label after ``--do_reduce_labels``.
+    """id2label after `--do_reduce_labels`.
 
-    If class 0 is named like background (``background``, ``other``, ``unlabeled``, ``void``, ...), it is dropped
+    If class 0 is named like background (`background`, `other`, `unlabeled`, `void`, ...), it is dropped
     and the other ids shift down by one. Otherwise the names are assumed to already describe the reduced labels
-    (as ``ade20k-id2label.json`` does for ADE20k, whose 150 names start with ``wall``) and are kept unchanged.
+    (as `ade20k-id2label.json` does for ADE20k, whose 150 names start with `wall`) and are kept unchanged.
     """
     id2label = {int(k): v for k, v in id2label.items()}
     if id2label and str(id2label.get(0, "")).strip().lower() in BACKGROUND_NAMES:

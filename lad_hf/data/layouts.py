@@ -1,22 +1,22 @@
-"""The official on-disk layouts of the standard datasets, found and loaded from ``--dataset_name DIR``.
+"""The official on-disk layouts of the standard datasets, found and loaded from `--dataset_name DIR`.
 
 =================  ======================================================================  ==============
 layout             folders (under DIR, or the named sub-folder of DIR)                      label set
 =================  ======================================================================  ==============
-ADEChallenge2016   ``images/{training,validation}/*.jpg`` +                                 ``ade20k``
-                   ``annotations/{training,validation}/*.png`` (also ``DIR/ADEChallengeData2016``)
-Cityscapes         ``leftImg8bit/{train,val,test}/<city>/*_leftImg8bit.png`` +              ``cityscapes``
-                   ``gtFine/<split>/<city>/*_gtFine_labelIds.png``
-VOC 2012           ``JPEGImages/``, ``SegmentationClass/``, ``ImageSets/Segmentation/        ``voc``
-                   {train,val}.txt`` in ``DIR/VOCdevkit/VOC2012``, ``DIR/VOC2012`` or ``DIR``
-COCO-Stuff 164K    ``images/{train2017,val2017}/*.jpg`` +                                   ``coco-stuff``
-                   ``stuffthingmaps_trainval2017/{train2017,val2017}/*.png``
+ADEChallenge2016   `images/{training,validation}/*.jpg` +                                 `ade20k`
+                   `annotations/{training,validation}/*.png` (also `DIR/ADEChallengeData2016`)
+Cityscapes         `leftImg8bit/{train,val,test}/<city>/*_leftImg8bit.png` +              `cityscapes`
+                   `gtFine/<split>/<city>/*_gtFine_labelIds.png`
+VOC 2012           `JPEGImages/`, `SegmentationClass/`, `ImageSets/Segmentation/        `voc`
+                   {train,val}.txt` in `DIR/VOCdevkit/VOC2012`, `DIR/VOC2012` or `DIR`
+COCO-Stuff 164K    `images/{train2017,val2017}/*.jpg` +                                   `coco-stuff`
+                   `stuffthingmaps_trainval2017/{train2017,val2017}/*.png`
 =================  ======================================================================  ==============
 
-Splits come from the layout (``training``/``train``/``train2017`` -> ``train``, ``validation``/``val``/
-``val2017`` -> ``validation``, Cityscapes ``test`` -> ``test``). :func:`load_layout` returns a ``DatasetDict``
-whose ``image`` and ``label`` columns are ``datasets.Image`` features holding file paths (decoded lazily) and
-the name of the layout's :class:`~lad_hf.data.label_sets.LabelSet`, which maps the raw mask values to train ids.
+Splits come from the layout (`training`/`train`/`train2017` -> `train`, `validation`/`val`/
+`val2017` -> `validation`, Cityscapes `test` -> `test`). `load_layout` returns a `DatasetDict`
+whose `image` and `label` columns are `datasets.Image` features holding file paths (decoded lazily) and
+the name of the layout's `lad_hf.data.label_sets.LabelSet`, which maps the raw mask values to train ids.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ class Layout:
     """A detected official layout.
 
     Attributes:
-        name: ``"ade20k"``, ``"cityscapes"``, ``"voc"`` or ``"coco-stuff"``.
+        name: `"ade20k"`, `"cityscapes"`, `"voc"` or `"coco-stuff"`.
         root: The folder the layout's paths are relative to.
-        label_set: Name of its :class:`~lad_hf.data.label_sets.LabelSet`.
+        label_set: Name of its `lad_hf.data.label_sets.LabelSet`.
         title: Human name for messages.
-        split_folders: Canonical split -> the folders (relative to ``root``) it needs, for error messages.
+        split_folders: Canonical split -> the folders (relative to `root`) it needs, for error messages.
     """
 
     name: str
@@ -54,7 +54,7 @@ class Layout:
     split_folders: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
 
     def expected(self, split: str) -> str:
-        """The folders (and list file) that make ``split``, as absolute paths joined for a message."""
+        """The folders (and list file) that make `split`, as absolute paths joined for a message."""
         folders = self.split_folders[split]
         return " and ".join(os.path.join(self.root, f) + ("" if f.endswith(".txt") else os.sep) for f in folders)
 
@@ -99,7 +99,7 @@ _COCO_SPLITS = {"train": "train2017", "validation": "val2017"}
 
 
 def detect_layout(path: str) -> Optional[Layout]:
-    """The official layout found at ``path`` (a folder), or `None`."""
+    """The official layout found at `path` (a folder), or `None`."""
     if not os.path.isdir(path):
         return None
     root = _voc_root(path)
@@ -138,7 +138,7 @@ def _images_in(folder: str) -> List[str]:
 
 
 def _split_present(layout: Layout, split: str) -> bool:
-    """Whether ``split`` is there; a split with only some of its folders raises :class:`LADError`."""
+    """Whether `split` is there; a split with only some of its folders raises `LADError`."""
     folders = layout.split_folders[split]
     if layout.name == "voc":  # JPEGImages/SegmentationClass are shared; the list file makes the split
         return os.path.isfile(os.path.join(layout.root, folders[-1]))
@@ -229,12 +229,12 @@ def load_layout(
     require: Iterable[str] = (),
     skip_bad_samples: bool = False,
 ):
-    """Load the official layout at ``path`` -> ``(DatasetDict, label_set_name)``.
+    """Load the official layout at `path` -> `(DatasetDict, label_set_name)`.
 
-    Every split whose folders exist is loaded (``image`` and ``label`` columns of file paths, as
-    ``datasets.Image`` features: decoded lazily). A split named in ``require`` (canonical names ``train``,
-    ``validation``, ``test``) that is absent raises one :class:`LADError` naming the folders expected; so do a
-    split with only some of its folders, an empty split, and images without a mask (with ``skip_bad_samples``
+    Every split whose folders exist is loaded (`image` and `label` columns of file paths, as
+    `datasets.Image` features: decoded lazily). A split named in `require` (canonical names `train`,
+    `validation`, `test`) that is absent raises one `LADError` naming the folders expected; so do a
+    split with only some of its folders, an empty split, and images without a mask (with `skip_bad_samples`
     those images are dropped, with a warning, instead).
     """
     import datasets

@@ -141,7 +141,7 @@ def _read_metadata(path: str):
 
 
 def _load_image_folder(root: str, metadata_files: Sequence[str], data_args: DataArguments, known: Iterable[str]):
-    """Image folder whose metadata.csv/.jsonl pairs ``file_name`` (image) with a mask-path column."""
+    """Image folder whose metadata.csv/.jsonl pairs `file_name` (image) with a mask-path column."""
     import datasets
 
     per_split: Dict[str, List[Dict[str, list]]] = {}
@@ -345,24 +345,24 @@ def load_segmentation_dataset(
     trust_remote_code: bool = False,
     require_train: bool = False,
 ):
-    """Load the data named by ``data_args`` -> ``(DatasetDict, id2label)``.
+    """Load the data named by `data_args` -> `(DatasetDict, id2label)`.
 
-    The returned ``DatasetDict`` holds ``"train"`` and/or ``"validation"`` (whichever exist, the latter possibly
-    carved from train with ``--train_val_split``), each truncated by ``--max_*_samples`` and carrying
-    :data:`ROW_INDEX_COLUMN`. Rows are raw (no transform); call :func:`apply_transforms` next.
+    The returned `DatasetDict` holds `"train"` and/or `"validation"` (whichever exist, the latter possibly
+    carved from train with `--train_val_split`), each truncated by `--max_*_samples` and carrying
+    `ROW_INDEX_COLUMN`. Rows are raw (no transform); call `apply_transforms` next.
 
     A local folder in one of the official layouts (ADEChallengeData2016, Cityscapes, VOCdevkit, COCO-Stuff 164K;
-    see :mod:`~lad_hf.data.layouts`) is loaded as such: its splits come from its folders (a split this run needs
-    that is missing raises :class:`LADError` naming the folders) and, unless ``--label_set``, ``--id2label`` or
-    ``--label_map`` is given, its label set is applied: ``data_args.label_set`` is set, so the transforms and
-    checks built from ``data_args`` next remap the raw mask values the same way.
+    see `lad_hf.data.layouts`) is loaded as such: its splits come from its folders (a split this run needs
+    that is missing raises `LADError` naming the folders) and, unless `--label_set`, `--id2label` or
+    `--label_map` is given, its label set is applied: `data_args.label_set` is set, so the transforms and
+    checks built from `data_args` next remap the raw mask values the same way.
 
-    ``id2label`` (``{int: str}``, ids 0..K-1) comes from ``--id2label``, else the label set, else the label
-    column's ``ClassLabel`` names, else ``id2label.json`` next to the data (local folder) or in the Hub dataset
-    repo; with ``--do_reduce_labels`` (and no label set/map) it goes through :func:`reduce_id2label`. Without any
-    source it raises :class:`LADError` asking for ``--label_set`` or ``--id2label``.
+    `id2label` (`{int: str}`, ids 0..K-1) comes from `--id2label`, else the label set, else the label
+    column's `ClassLabel` names, else `id2label.json` next to the data (local folder) or in the Hub dataset
+    repo; with `--do_reduce_labels` (and no label set/map) it goes through `reduce_id2label`. Without any
+    source it raises `LADError` asking for `--label_set` or `--id2label`.
 
-    ``cache_dir``, ``token`` and ``trust_remote_code`` go to ``datasets.load_dataset`` for Hub datasets (the last
+    `cache_dir`, `token` and `trust_remote_code` go to `datasets.load_dataset` for Hub datasets (the last
     one only when true; datasets >= 4 no longer runs loading scripts and only logs it).
     """
     import datasets

@@ -47,7 +47,7 @@ def _nearest_index(out_len: int, in_len: int) -> np.ndarray:
 
 
 def _cell_path(cell) -> Optional[str]:
-    """The file a cell came from, when it says (undecoded ``Image`` cells keep their path), for error messages."""
+    """The file a cell came from, when it says (undecoded `Image` cells keep their path), for error messages."""
     if isinstance(cell, dict):
         cell = cell.get("path")
     if isinstance(cell, (str, os.PathLike)) and str(cell):
@@ -56,7 +56,7 @@ def _cell_path(cell) -> Optional[str]:
 
 
 def _decode_cell(decode, cell, where: str, what: str):
-    """``decode(cell)``; a failure -> :class:`LADError` prefixed with ``where``, naming the file that failed."""
+    """`decode(cell)`; a failure -> `LADError` prefixed with `where`, naming the file that failed."""
     try:
         return decode(cell)
     except LADError as e:
@@ -79,15 +79,15 @@ def _resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:
 class _BaseTransform:
     """Shared plumbing: column lookup, decoding, size check, bad-sample handling.
 
-    A bad row raises :class:`~lad_hf.data.validation.BadSampleError` naming the split (``split``, set per split by
-    :func:`apply_transforms`), the row (the ``__lad_row__`` column) and its files, and the fix; it reaches the main
+    A bad row raises `lad_hf.data.validation.BadSampleError` naming the split (`split`, set per split by
+    `apply_transforms`), the row (the `__lad_row__` column) and its files, and the fix; it reaches the main
     process of a multi-worker DataLoader as the same one line.
     """
 
     split: Optional[str] = None  # named in errors; apply_transforms gives each split its own copy
 
     def for_split(self, split: str) -> "_BaseTransform":
-        """A shallow copy of this transform whose errors name ``split``."""
+        """A shallow copy of this transform whose errors name `split`."""
         fn = copy.copy(self)
         fn.split = split
         return fn
@@ -202,13 +202,13 @@ class _BaseTransform:
 class TrainTransform(_BaseTransform):
     """Random resize, pad, random crop, horizontal flip and normalisation of a batch of rows.
 
-    For each row: convert the image to RGB and decode the mask (:func:`decode_mask`); resize both by a ratio
-    drawn uniformly from ``[min_scale, max_scale]`` (image bilinear, mask nearest); pad to at least
-    ``crop_size`` on the bottom/right (image with 0 *in normalised space*, mask with ``ignore_index``); take a
-    random ``crop_size`` crop; flip horizontally with probability ``hflip_prob``; normalise with
-    ``(x / 255 - mean) / std``. Returns ``{"pixel_values": [float32 [3,h,w]], "labels": [int64 [h,w]]}``.
+    For each row: convert the image to RGB and decode the mask (`decode_mask`); resize both by a ratio
+    drawn uniformly from `[min_scale, max_scale]` (image bilinear, mask nearest); pad to at least
+    `crop_size` on the bottom/right (image with 0 *in normalised space*, mask with `ignore_index`); take a
+    random `crop_size` crop; flip horizontally with probability `hflip_prob`; normalise with
+    `(x / 255 - mean) / std`. Returns `{"pixel_values": [float32 [3,h,w]], "labels": [int64 [h,w]]}`.
 
-    Randomness uses Python's ``random`` module, which the ``Trainer`` seeds per dataloader worker.
+    Randomness uses Python's `random` module, which the `Trainer` seeds per dataloader worker.
     """
 
     def __init__(
@@ -275,9 +275,9 @@ class TrainTransform(_BaseTransform):
 class EvalTransform(_BaseTransform):
     """Whole-image evaluation transform: RGB, optional square resize, normalisation.
 
-    ``resize=None`` keeps the full image (the collator pads a batch to its largest size); an int resizes the
-    image (bilinear) and the mask (nearest) to ``resize x resize``. Output as :class:`TrainTransform`; rows
-    without a label column give only ``pixel_values``.
+    `resize=None` keeps the full image (the collator pads a batch to its largest size); an int resizes the
+    image (bilinear) and the mask (nearest) to `resize x resize`. Output as `TrainTransform`; rows
+    without a label column give only `pixel_values`.
     """
 
     def __init__(
@@ -327,8 +327,8 @@ def _mean_std(data_args: DataArguments, image_processor=None) -> Tuple[Sequence[
 
 
 def build_transforms(data_args: DataArguments, image_processor=None) -> Tuple[TrainTransform, EvalTransform]:
-    """``(train_fn, eval_fn)`` from ``data_args``; mean/std from the args, else the image processor's
-    ``image_mean``/``image_std``, else ImageNet's. Columns are auto-detected per batch when not given."""
+    """`(train_fn, eval_fn)` from `data_args`; mean/std from the args, else the image processor's
+    `image_mean`/`image_std`, else ImageNet's. Columns are auto-detected per batch when not given."""
     mean, std = _mean_std(data_args, image_processor)
     label_map, do_reduce_labels = label_decoding(data_args)  # --label_set/--label_map -> one lookup table
     common = dict(
@@ -356,10 +356,10 @@ def build_transforms(data_args: DataArguments, image_processor=None) -> Tuple[Tr
 
 
 def apply_transforms(dataset_dict, data_args: DataArguments, image_processor=None):
-    """Attach the lazy transforms: ``train`` gets the training transform, every other split the eval one.
+    """Attach the lazy transforms: `train` gets the training transform, every other split the eval one.
 
-    Columns are resolved now (so a wrong ``--image_column`` fails before training starts) and image columns
-    are read undecoded so the transforms can name and, with ``--skip_bad_samples``, skip unreadable rows.
+    Columns are resolved now (so a wrong `--image_column` fails before training starts) and image columns
+    are read undecoded so the transforms can name and, with `--skip_bad_samples`, skip unreadable rows.
     """
     import datasets
 

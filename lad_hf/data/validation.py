@@ -26,9 +26,9 @@ class BadSampleError(LADError):
     """A bad row met while loading batches: the lazy transforms and the collator raise it.
 
     It survives DataLoader workers as one line. torch re-raises a worker's exception in the main process as
-    ``type(exc)(msg)`` where ``msg`` is "Caught X in DataLoader worker process N.\nOriginal Traceback ..." (the
-    whole worker traceback, see ``torch._utils.ExceptionWrapper.reraise``); this constructor recognises that text
-    and keeps only the original message (``"validation row 17: ..."``), which the CLI prints as its one line.
+    `type(exc)(msg)` where `msg` is "Caught X in DataLoader worker process N.\nOriginal Traceback ..." (the
+    whole worker traceback, see `torch._utils.ExceptionWrapper.reraise`); this constructor recognises that text
+    and keeps only the original message (`"validation row 17: ..."`), which the CLI prints as its one line.
     """
 
     def __init__(self, message: Any = "", *args: Any):
@@ -38,7 +38,7 @@ class BadSampleError(LADError):
 
 
 def _original_message(wrapped: str, cls: type) -> str:
-    """The exception message inside a formatted traceback (its last ``module.Class: message`` line)."""
+    """The exception message inside a formatted traceback (its last `module.Class: message` line)."""
     prefixes = (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: ")
     for line in reversed(wrapped.splitlines()):
         for prefix in prefixes:
@@ -66,13 +66,13 @@ def validate_dataset_sample(
     split: str = "dataset",
     label_map: Optional[Union[LabelLUT, Mapping]] = None,
 ) -> Dict[str, Any]:
-    """Check the first ``n`` raw rows (any transform is bypassed) before a long run.
+    """Check the first `n` raw rows (any transform is bypassed) before a long run.
 
-    Raises :class:`LADError` for: an empty dataset; an image and mask of different sizes; label values
-    ``>= num_labels`` (or negative) that are not ``ignore_index``; fewer than two classes across the sampled
-    masks. Column names, colours, label reduction and the ``--label_set``/``--label_map`` remapping default to
-    ``data_args`` when given (values are checked after remapping). A ``DatasetDict``
-    is checked split by split. Returns ``{"rows_checked", "classes_seen"}`` (for a dict: per split).
+    Raises `LADError` for: an empty dataset; an image and mask of different sizes; label values
+    `>= num_labels` (or negative) that are not `ignore_index`; fewer than two classes across the sampled
+    masks. Column names, colours, label reduction and the `--label_set`/`--label_map` remapping default to
+    `data_args` when given (values are checked after remapping). A `DatasetDict`
+    is checked split by split. Returns `{"rows_checked", "classes_seen"}` (for a dict: per split).
     """
     if isinstance(dataset, dict):  # DatasetDict
         return {
@@ -164,7 +164,7 @@ def drop_bad_samples(
     label_column: Optional[str] = None,
     split: str = "dataset",
 ):
-    """``--skip_bad_samples``: decode every row once and drop the unreadable ones -> ``(dataset, dropped row ids)``.
+    """`--skip_bad_samples`: decode every row once and drop the unreadable ones -> `(dataset, dropped row ids)`.
 
     A row is dropped when its image or mask cannot be decoded (corrupt or truncated file, RGB mask with unknown
     colours) or when the mask's size differs from the image's. Each dropped row is logged; the caller reports the
@@ -200,7 +200,7 @@ def drop_bad_samples(
     return dataset, dropped
 
 def check_labels(labels: torch.Tensor, num_labels: int, ignore_index: int) -> None:
-    """Raise LADError when ``labels`` holds values outside [0, num_labels) that are not ``ignore_index``."""
+    """Raise LADError when `labels` holds values outside [0, num_labels) that are not `ignore_index`."""
     bad = (labels < 0) | (labels >= num_labels)
     if ignore_index is not None:
         bad &= labels != ignore_index

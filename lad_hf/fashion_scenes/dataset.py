@@ -9,14 +9,14 @@ The layouts and masks are composed by this module; every pixel comes from a real
 
 Splits never share sources:
 
-* ``train`` uses Fashion-MNIST's train split and the photos in :data:`TRAIN_BACKGROUNDS`.
-* ``validation`` uses Fashion-MNIST test images 0-4999, ``test`` uses test images 5000-9999,
-  and both use the photos in :data:`EVAL_BACKGROUNDS`.
+* `train` uses Fashion-MNIST's train split and the photos in `TRAIN_BACKGROUNDS`.
+* `validation` uses Fashion-MNIST test images 0-4999, `test` uses test images 5000-9999,
+  and both use the photos in `EVAL_BACKGROUNDS`.
 
-Scene ``i`` of a split is drawn from its own RNG seeded by ``(seed, split, i)``, so a small build is
+Scene `i` of a split is drawn from its own RNG seeded by `(seed, split, i)`, so a small build is
 a prefix of a large one with the same seed and canvas size.
 
-Command line: ``python -m lad_hf.fashion_scenes --output_dir DIR`` (see :func:`main`).
+Command line: `python -m lad_hf.fashion_scenes --output_dir DIR` (see `main`).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ _FASHION_SOURCES = {
 }
 
 # Background photographs from skimage.data. All of these ship inside the scikit-image wheel
-# (checked with scikit-image 0.26, no pooch, offline). ``colorwheel`` loads too but is a
+# (checked with scikit-image 0.26, no pooch, offline). `colorwheel` loads too but is a
 # rendered graphic, not a photograph, so it is left out to keep "every pixel is real" true.
 TRAIN_BACKGROUNDS: tuple[str, ...] = (
     "astronaut",
@@ -171,7 +171,7 @@ def _background_photos(canvas_size: int) -> dict[str, Image.Image]:
 
 @dataclass(frozen=True)
 class SceneItem:
-    """One pasted product photo. ``fashion_split``/``fashion_index`` name the Fashion-MNIST source."""
+    """One pasted product photo. `fashion_split`/`fashion_index` name the Fashion-MNIST source."""
 
     fashion_split: str
     fashion_index: int
@@ -184,7 +184,7 @@ class SceneItem:
 
 @dataclass(frozen=True)
 class SceneLayout:
-    """Everything random about one scene; :func:`render_scene` turns it into pixels."""
+    """Everything random about one scene; `render_scene` turns it into pixels."""
 
     split: str
     index: int
@@ -206,7 +206,7 @@ def _check_split(split: str) -> None:
 
 
 def scene_layout(split: str, index: int, *, seed: int = 0, canvas_size: int = 96) -> SceneLayout:
-    """Draw the layout of scene ``index`` of ``split``; depends only on (seed, split, index, canvas_size)."""
+    """Draw the layout of scene `index` of `split`; depends only on (seed, split, index, canvas_size)."""
     _check_split(split)
     _check_canvas_size(canvas_size)
     rng = np.random.default_rng([int(seed), _SPLIT_CODES[split], int(index)])
@@ -232,9 +232,9 @@ _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)  # 4-connectivi
 
 
 def filled_silhouette(gray: np.ndarray, threshold: int = SILHOUETTE_THRESHOLD) -> np.ndarray:
-    """Boolean silhouette of a grayscale item: pixels > ``threshold``, with enclosed holes filled.
+    """Boolean silhouette of a grayscale item: pixels > `threshold`, with enclosed holes filled.
 
-    Same result as ``scipy.ndimage.binary_fill_holes(gray > threshold)``: a hole is a background
+    Same result as `scipy.ndimage.binary_fill_holes(gray > threshold)`: a hole is a background
     region not 4-connected to the border. Labelling the background is several times faster.
     """
     from scipy import ndimage
@@ -263,7 +263,7 @@ def _soft_alpha(silhouette: np.ndarray) -> np.ndarray:
 
 
 def item_gray(item: SceneItem, fashion: dict) -> np.ndarray:
-    """The item's grayscale photo, flipped if asked and resized (bilinear) to ``item.size`` pixels."""
+    """The item's grayscale photo, flipped if asked and resized (bilinear) to `item.size` pixels."""
     gray = fashion[item.fashion_split][0][item.fashion_index]
     if item.flip:
         gray = gray[:, ::-1]
@@ -271,7 +271,7 @@ def item_gray(item: SceneItem, fashion: dict) -> np.ndarray:
 
 
 def item_class(item: SceneItem, fashion: dict) -> int:
-    """Class id of an item in :data:`FASHION_SCENES_ID2LABEL` (Fashion-MNIST label + 1)."""
+    """Class id of an item in `FASHION_SCENES_ID2LABEL` (Fashion-MNIST label + 1)."""
     return int(fashion[item.fashion_split][1][item.fashion_index]) + 1
 
 
@@ -330,7 +330,7 @@ def render_scene(
 
 
 def blur_image(image: np.ndarray, sigma: float) -> np.ndarray:
-    """The image seen through a Gaussian blur of std ``sigma`` px (the mask is not blurred): a harder regime where
+    """The image seen through a Gaussian blur of std `sigma` px (the mask is not blurred): a harder regime where
     RGB alone leaves the items' outlines ambiguous while colour and texture remain."""
     if not sigma:
         return image
@@ -341,7 +341,7 @@ def _generate(
     split: str, shards: Sequence[tuple[int, int]], seed: int, canvas_size: int, fashion_mnist_dir: str | None, version: str,
     blur_sigma: float = 0.0,
 ) -> Iterator[dict]:
-    """datasets generator: yields the scenes of ``split`` in the index ranges ``shards``."""
+    """datasets generator: yields the scenes of `split` in the index ranges `shards`."""
     del version  # only part of the fingerprint
     fashion = load_fashion_mnist(fashion_mnist_dir)
     photos = _background_photos(canvas_size)
@@ -378,15 +378,15 @@ def build_fashion_scenes(
     cache_dir: str | os.PathLike | None = None,
     blur_sigma: float = 0.0,
 ):
-    """Build fashion-scenes as a ``datasets.DatasetDict`` with splits train/validation/test.
+    """Build fashion-scenes as a `datasets.DatasetDict` with splits train/validation/test.
 
-    ``blur_sigma`` > 0 blurs every image (Gaussian, std in px; masks stay sharp): the "blurred" difficulty, where
+    `blur_sigma` > 0 blurs every image (Gaussian, std in px; masks stay sharp): the "blurred" difficulty, where
     RGB alone leaves the grouping ambiguous and a label-assisted teacher has something to read.
 
-    Columns: ``image`` (RGB) and ``label`` (mode "L" mask of class ids 0..10, see
-    :data:`FASHION_SCENES_ID2LABEL`), both ``datasets.Image``. ``num_proc`` defaults to up to 2
-    processes for large splits; ``cache_dir`` is where ``datasets`` writes the Arrow files
-    (default: the ``datasets`` cache).
+    Columns: `image` (RGB) and `label` (mode "L" mask of class ids 0..10, see
+    `FASHION_SCENES_ID2LABEL`), both `datasets.Image`. `num_proc` defaults to up to 2
+    processes for large splits; `cache_dir` is where `datasets` writes the Arrow files
+    (default: the `datasets` cache).
     """
     import datasets
 
@@ -444,7 +444,7 @@ def cache_key(
     seed: int = 0,
     blur_sigma: float = 0.0,
 ) -> str:
-    """Folder name that encodes the build parameters (and :data:`SCENES_VERSION`)."""
+    """Folder name that encodes the build parameters (and `SCENES_VERSION`)."""
     blur = f"_blur{float(blur_sigma):g}" if blur_sigma else ""
     return f"fashion-scenes-v{SCENES_VERSION}_{canvas_size}px_seed{seed}_{num_train}-{num_validation}-{num_test}{blur}"
 
@@ -501,10 +501,10 @@ Load with `datasets.load_from_disk(path)`.
 
 
 def load_or_build_fashion_scenes(cache_dir: str | os.PathLike, **kwargs):
-    """Load fashion-scenes from ``cache_dir/<cache_key>``, building and saving it there first if needed.
+    """Load fashion-scenes from `cache_dir/<cache_key>`, building and saving it there first if needed.
 
-    ``kwargs`` are those of :func:`build_fashion_scenes`. The saved folder also holds
-    ``id2label.json`` and a ``README.md`` dataset card.
+    `kwargs` are those of `build_fashion_scenes`. The saved folder also holds
+    `id2label.json` and a `README.md` dataset card.
     """
     import datasets
 
@@ -537,12 +537,12 @@ def load_or_build_fashion_scenes(cache_dir: str | os.PathLike, **kwargs):
 
 
 def read_id2label(dataset_dir: str | os.PathLike) -> dict[int, str]:
-    """Read ``id2label.json`` from a saved fashion-scenes folder."""
+    """Read `id2label.json` from a saved fashion-scenes folder."""
     return {int(k): v for k, v in json.loads((Path(dataset_dir) / "id2label.json").read_text()).items()}
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """CLI: build fashion-scenes into ``--output_dir`` (cached by parameters) and print where it is."""
+    """CLI: build fashion-scenes into `--output_dir` (cached by parameters) and print where it is."""
     parser = argparse.ArgumentParser(prog="python -m lad_hf.fashion_scenes", description=main.__doc__)
     parser.add_argument("--output_dir", required=True, help="folder that receives <cache_key>/ with the dataset")
     parser.add_argument("--num_train", type=int, default=20000)

@@ -1,17 +1,17 @@
-"""``make demo``: LAD on fashion-scenes, end to end, on a CPU-sized schedule.
+"""`make demo`: LAD on fashion-scenes, end to end, on a CPU-sized schedule.
 
     python -m lad_hf.fashion_scenes.demo --output_dir outputs/demo          # <= ~15 minutes on 2 CPU cores, dataset build included
     python -m lad_hf.fashion_scenes.demo --output_dir /tmp/d --tiny         # seconds (smoke test)
 
-Builds (or loads from ``--cache_dir``) the fashion-scenes dataset, then trains with the library's trainers:
+Builds (or loads from `--cache_dir`) the fashion-scenes dataset, then trains with the library's trainers:
 
 1. the **baseline student** (tiny SegFormer, plain supervised),
 2. a **plain teacher** 2-3x bigger and the **CWD student** distilled from it (conventional distillation),
 3. the **LAD teacher** (the student's architecture + the noised label channel, dual-path consistency) and the
    **LAD student** distilled from it,
 
-evaluates on the test split and writes ``results.md``, ``results.json`` and ``figure.png`` (image | ground truth |
-baseline | LAD student | teacher with noised label) into ``--output_dir``.
+evaluates on the test split and writes `results.md`, `results.json` and `figure.png` (image | ground truth |
+baseline | LAD student | teacher with noised label) into `--output_dir`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A small in-process experiment runner on fashion-scenes, shared by ``lad_hf.fashion_scenes.demo`` and ``benchmarks/reproduce.py``.
+"""A small in-process experiment runner on fashion-scenes, shared by `lad_hf.fashion_scenes.demo` and `benchmarks/reproduce.py`.
 
 Every model is trained with the library's real trainers on the real data pipeline::
 
@@ -7,15 +7,15 @@ Every model is trained with the library's real trainers on the real data pipelin
         LADTeacherTrainer          (label-assisted teacher, after add_label_channel)
         LADDistillationTrainer     (LAD student from a label-assisted teacher, CWD student from a plain teacher)
 
-and evaluated with the trainers' own ``evaluate`` on the validation split (for any choice) and the test split (for
+and evaluated with the trainers' own `evaluate` on the validation split (for any choice) and the test split (for
 reported numbers). Two measurements go beyond the trainers:
 
-* :func:`segment_oracle` - the student's per-pixel prediction replaced by its majority vote inside each connected
+* `segment_oracle` - the student's per-pixel prediction replaced by its majority vote inside each connected
   ground-truth segment: the most that knowing the grouping of pixels (and nothing about classes) could add.
-* :func:`input_attribution` - the share of ``|gradient x input|`` that a label-assisted teacher's prediction takes
+* `input_attribution` - the share of `|gradient x input|` that a label-assisted teacher's prediction takes
   from the RGB channels and from the label channel (the paper's Fig. 4, measured).
 
-Models are SegFormers built from ``SegformerConfig(...)`` presets (:data:`MODEL_PRESETS`), random init, seeded.
+Models are SegFormers built from `SegformerConfig(...)` presets (`MODEL_PRESETS`), random init, seeded.
 Only APIs present in transformers 5.17 / torch 2.11 are used.
 """
 
@@ -142,9 +142,9 @@ class Prepared:
 
 
 def set_threads(n: Optional[int] = None) -> int:
-    """Use ``n`` CPU threads for intra-op work; returns the number set.
+    """Use `n` CPU threads for intra-op work; returns the number set.
 
-    Default: the cores not already busy (``cores - round(1-min load)``, at least 1, at most 8). On a shared 2-core
+    Default: the cores not already busy (`cores - round(1-min load)`, at least 1, at most 8). On a shared 2-core
     machine oversubscription is costly: measured here, a tiny SegFormer step took 0.09 s with 1 thread and 0.6 s
     with 2 threads while another process kept one core busy.
     """
@@ -210,8 +210,8 @@ CNN_PRESETS: Dict[str, Dict[str, Any]] = {
 
 
 def build_segformer(preset: str, id2label: Mapping[int, str], seed: int = 0):
-    """A randomly initialised segmentation model from a preset: SegFormer (:data:`MODEL_PRESETS`) or UperNet on a
-    ResNet with a conv + BatchNorm stem (:data:`CNN_PRESETS`, names ``cnn-*``)."""
+    """A randomly initialised segmentation model from a preset: SegFormer (`MODEL_PRESETS`) or UperNet on a
+    ResNet with a conv + BatchNorm stem (`CNN_PRESETS`, names `cnn-*`)."""
     from transformers import (ResNetConfig, SegformerConfig, SegformerForSemanticSegmentation, UperNetConfig,
                               UperNetForSemanticSegmentation)
 
@@ -289,7 +289,7 @@ def _train(trainer) -> float:
 
 
 def train_plain(data: Prepared, spec: RunSpec, workdir: Optional[str] = None):
-    """Plain supervised training (baseline student or plain KD teacher). Returns ``(model, trainer, seconds)``."""
+    """Plain supervised training (baseline student or plain KD teacher). Returns `(model, trainer, seconds)`."""
     from ..trainers import SegmentationConfig, SegmentationTrainer
 
     model = build_segformer(spec.model, data.id2label, spec.seed)
@@ -301,7 +301,7 @@ def train_plain(data: Prepared, spec: RunSpec, workdir: Optional[str] = None):
 
 
 def train_lad_teacher(data: Prepared, spec: RunSpec, workdir: Optional[str] = None):
-    """Label-assisted teacher (add_label_channel + LADTeacherTrainer). Returns ``(model, trainer, seconds)``."""
+    """Label-assisted teacher (add_label_channel + LADTeacherTrainer). Returns `(model, trainer, seconds)`."""
     from ..trainers import LADTeacherConfig, LADTeacherTrainer
 
     model = build_segformer(spec.model, data.id2label, spec.seed)
@@ -319,9 +319,9 @@ def train_lad_teacher(data: Prepared, spec: RunSpec, workdir: Optional[str] = No
 
 
 def train_student(data: Prepared, spec: RunSpec, teacher, workdir: Optional[str] = None):
-    """Distil a 3-channel student from ``teacher`` (label-assisted: LAD; plain: conventional CWD/KD).
+    """Distil a 3-channel student from `teacher` (label-assisted: LAD; plain: conventional CWD/KD).
 
-    Returns ``(model, trainer, seconds)``. The student's init depends only on ``spec.model`` and ``spec.seed``, so a
+    Returns `(model, trainer, seconds)`. The student's init depends only on `spec.model` and `spec.seed`, so a
     baseline and a student with the same seed start from the same weights.
     """
     from ..trainers import LADDistillationConfig, LADDistillationTrainer
@@ -341,7 +341,7 @@ def train_student(data: Prepared, spec: RunSpec, teacher, workdir: Optional[str]
 
 
 def evaluate_plain(trainer, data: Prepared, splits: Iterable[str] = ("validation", "test")) -> Dict[str, Any]:
-    """mIoU (and per-class IoU) of a 3-channel model with its trainer's ``evaluate`` on each split."""
+    """mIoU (and per-class IoU) of a 3-channel model with its trainer's `evaluate` on each split."""
     out = {}
     for split in splits:
         raw = trainer.evaluate(eval_dataset=getattr(data, split), metric_key_prefix=split)
@@ -354,10 +354,10 @@ def evaluate_plain(trainer, data: Prepared, splits: Iterable[str] = ("validation
 
 
 def segment_oracle(pred: np.ndarray, label: np.ndarray, num_labels: int, ignore_index: int = 255) -> np.ndarray:
-    """``pred`` [H,W] with every connected ground-truth segment replaced by the majority class predicted inside it.
+    """`pred` [H,W] with every connected ground-truth segment replaced by the majority class predicted inside it.
 
-    Segments are the 4-connected components of each class's region in ``label`` (``scipy.ndimage.label``); ignore
-    pixels keep their prediction. Ties go to the smallest class id. Predictions outside ``[0, K)`` do not vote.
+    Segments are the 4-connected components of each class's region in `label` (`scipy.ndimage.label`); ignore
+    pixels keep their prediction. Ties go to the smallest class id. Predictions outside `[0, K)` do not vote.
     """
     from scipy import ndimage
 
@@ -405,7 +405,7 @@ def _loader(dataset, collator, batch_size: int):
 
 def oracle_and_predictions(model, data: Prepared, split: str = "test", batch_size: int = 64,
                            keep: int = 0) -> Dict[str, Any]:
-    """The model's mIoU and its segment-oracle mIoU on ``split`` (one pass), plus the first ``keep`` predictions."""
+    """The model's mIoU and its segment-oracle mIoU on `split` (one pass), plus the first `keep` predictions."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -426,7 +426,7 @@ def oracle_and_predictions(model, data: Prepared, split: str = "test", batch_siz
 
 
 def predict_teacher(model, data: Prepared, noiser: LabelNoiser, split: str = "test", n: int = 4) -> np.ndarray:
-    """A label-assisted teacher's predictions [n, H, W] on the first ``n`` images of ``split`` with noised labels."""
+    """A label-assisted teacher's predictions [n, H, W] on the first `n` images of `split` with noised labels."""
     device = next(model.parameters()).device
     model.eval()
     batch = data.collator([getattr(data, split)[i] for i in range(n)])
@@ -438,11 +438,11 @@ def predict_teacher(model, data: Prepared, noiser: LabelNoiser, split: str = "te
 
 def input_attribution(model, data: Prepared, noiser: LabelNoiser, split: str = "validation", num_images: int = 64,
                       batch_size: int = 32) -> Dict[str, float]:
-    """Share of ``|gradient x input|`` from the RGB channels and from the label channel (Fig. 4, measured).
+    """Share of `|gradient x input|` from the RGB channels and from the label channel (Fig. 4, measured).
 
     For each image the score is the sum over non-ignored pixels of the logit of the class the teacher predicts there
-    (logits upsampled to the label size); its gradient with respect to the input ``[x ; ŷ]`` times the input, in
-    absolute value, is summed per channel group. Returns ``{"rgb": s, "label": 1 - s}`` pooled over ``num_images``.
+    (logits upsampled to the label size); its gradient with respect to the input `[x ; ŷ]` times the input, in
+    absolute value, is summed per channel group. Returns `{"rgb": s, "label": 1 - s}` pooled over `num_images`.
     With 3 image channels and 1 label channel, an input-blind split would be 0.75 / 0.25.
     """
     device = next(model.parameters()).device
@@ -473,7 +473,7 @@ def input_attribution(model, data: Prepared, noiser: LabelNoiser, split: str = "
 
 
 def make_noiser(num_labels: int, spec: RunSpec, seed: int = 0, clean: bool = False) -> LabelNoiser:
-    """A seeded noiser with the spec's noise options (``clean=True``: no class noise, no pixel noise)."""
+    """A seeded noiser with the spec's noise options (`clean=True`: no class noise, no pixel noise)."""
     gen = torch.Generator().manual_seed(int(seed))
     noise = dataclasses.replace(spec, label_sigma=0.0, class_noise=False, pixel_noise=False) if clean else spec
     resolved = LabelNoiseArguments(**{k: v if v is not None else NOISE_DEFAULTS[k] for k, v in noise.noise_settings().items()})

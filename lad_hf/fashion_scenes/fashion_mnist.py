@@ -120,11 +120,11 @@ def _load_fashion_cached(directory: str, explicit: bool) -> dict[str, tuple[np.n
 
 
 def load_fashion_mnist(fashion_mnist_dir: str | os.PathLike | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Load Fashion-MNIST as ``{"train": (images, labels), "test": (images, labels)}`` (uint8 arrays).
+    """Load Fashion-MNIST as `{"train": (images, labels), "test": (images, labels)}` (uint8 arrays).
 
-    Looks in ``fashion_mnist_dir``, else ``$LAD_FASHION_MNIST_DIR``, else
-    ``/usr/share/datasets/fashion-mnist/``. Only when none was chosen, the files are missing and
-    the Hub is not offline, falls back to the Hub copy. Raises :class:`LADError` otherwise.
+    Looks in `fashion_mnist_dir`, else `$LAD_FASHION_MNIST_DIR`, else
+    `/usr/share/datasets/fashion-mnist/`. Only when none was chosen, the files are missing and
+    the Hub is not offline, falls back to the Hub copy. Raises `LADError` otherwise.
     """
     directory, explicit = _resolve_fashion_dir(fashion_mnist_dir)
     data = _load_fashion_cached(str(directory), explicit)

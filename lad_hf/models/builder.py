@@ -21,7 +21,7 @@ HEAD_PREFIX = "head."
 
 
 def register_builder(*model_types: str):
-    """Decorator: ``@register_builder("dinov2")`` builds segmenters for configs of these model types."""
+    """Decorator: `@register_builder("dinov2")` builds segmenters for configs of these model types."""
 
     def deco(fn):
         for t in model_types:
@@ -32,7 +32,7 @@ def register_builder(*model_types: str):
 
 
 def split_head_overrides(model_args):
-    """``head.*`` keys of ``--config_overrides`` (a built head's config) apart from the model's own keys."""
+    """`head.*` keys of `--config_overrides` (a built head's config) apart from the model's own keys."""
     overrides = parse_overrides(model_args.config_overrides)
     head = {k[len(HEAD_PREFIX):]: v for k, v in overrides.items() if k.startswith(HEAD_PREFIX)}
     if not head:
@@ -44,7 +44,7 @@ def split_head_overrides(model_args):
 
 
 def parse_overrides(text: Optional[str]) -> Dict[str, object]:
-    """``"depths=[1,1,1,1],hidden_sizes=[16,32,64,128],backbone_config.hidden_size=32"`` -> dict.
+    """`"depths=[1,1,1,1],hidden_sizes=[16,32,64,128],backbone_config.hidden_size=32"` -> dict.
 
     Values are Python/JSON literals (lists, numbers, bools, strings); commas inside brackets are kept.
     """
@@ -77,7 +77,7 @@ def parse_overrides(text: Optional[str]) -> Dict[str, object]:
 
 
 def apply_overrides(config, overrides: Dict[str, object]):
-    """Set (possibly dotted, e.g. ``backbone_config.hidden_size``) config attributes; unknown keys are an error."""
+    """Set (possibly dotted, e.g. `backbone_config.hidden_size`) config attributes; unknown keys are an error."""
     for key, val in overrides.items():
         target, attr = config, key
         if "." in key:
@@ -152,7 +152,7 @@ def load_config(model_args: ModelArguments, **label_kwargs):
 
 
 def build_model(model_args: ModelArguments, id2label: Optional[Dict[int, str]] = None):
-    """A segmentation model from ``--model_name_or_path`` (weights) or ``--config_name`` (+ overrides, no weights)."""
+    """A segmentation model from `--model_name_or_path` (weights) or `--config_name` (+ overrides, no weights)."""
     from transformers import AutoModelForSemanticSegmentation
 
     label_kwargs = {}
@@ -201,7 +201,7 @@ def load_image_processor(model_args: ModelArguments):
 
 
 def segformer_processor_class():
-    """``SegformerImageProcessor`` where torchvision is installed, else its PIL twin named directly (transformers'
+    """`SegformerImageProcessor` where torchvision is installed, else its PIL twin named directly (transformers'
     own fallback warns about it on every use); older transformers without the PIL twin get the plain class."""
     import transformers
     from transformers.utils import is_torchvision_available

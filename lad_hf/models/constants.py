@@ -10,7 +10,7 @@ ENCODER_ATTRIBUTES = {
     "mobilevit": "mobilevit",
     "mobilevitv2": "mobilevitv2",
 }
-# backbone model types, reached through ``model.backbone`` of a wrapper (UperNet, DPT with a backbone)
+# backbone model types, reached through `model.backbone` of a wrapper (UperNet, DPT with a backbone)
 BACKBONE_TYPES = ("convnext", "convnextv2", "swin", "dinov2", "dinov2_with_registers", "resnet", "vit", "beit_backbone")
 WRAPPERS_WITH_BACKBONE = ("upernet", "dpt")
 # model_type -> attribute holding the stem (the first Conv2d with C input channels is widened by add_label_channel)

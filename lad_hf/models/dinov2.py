@@ -1,19 +1,19 @@
 """DINOv2 segmentation students built from stock transformers classes (no remote code, no lad_hf needed to load).
 
-* ``upernet`` (default): ``UperNetForSemanticSegmentation`` whose backbone is a ``Dinov2Backbone`` returning
-  several layers (``out_indices`` spread over the depth, ``reshape_hidden_states=True``).
-* ``dpt``: ``DPTForSemanticSegmentation``. Stock DPT *segmentation* ignores ``backbone_config`` (only
-  ``DPTForDepthEstimation`` loads a backbone), so the DPT student is a DPT-ViT shaped like the DINOv2 encoder
+* `upernet` (default): `UperNetForSemanticSegmentation` whose backbone is a `Dinov2Backbone` returning
+  several layers (`out_indices` spread over the depth, `reshape_hidden_states=True`).
+* `dpt`: `DPTForSemanticSegmentation`. Stock DPT *segmentation* ignores `backbone_config` (only
+  `DPTForDepthEstimation` loads a backbone), so the DPT student is a DPT-ViT shaped like the DINOv2 encoder
   (patch 14, same widths) whose weights are converted from DINOv2 (LayerScale folded into the output
   projections: exact at the checkpoint's native grid). The DPT neck reshapes tokens to a square grid, so inputs
-  are padded to a square (:class:`SquarePadCollator`).
+  are padded to a square (`SquarePadCollator`).
 
-``--model_name_or_path facebook/dinov2-small`` builds the student around the pretrained backbone;
-``--config_name dinov2 --config_overrides hidden_size=32,...`` builds one without weights. Head settings go in
-``--config_overrides`` with a ``head.`` prefix (``head.hidden_size=256``, ``head.fusion_hidden_size=64``).
+`--model_name_or_path facebook/dinov2-small` builds the student around the pretrained backbone;
+`--config_name dinov2 --config_overrides hidden_size=32,...` builds one without weights. Head settings go in
+`--config_overrides` with a `head.` prefix (`head.hidden_size=256`, `head.fusion_hidden_size=64`).
 
-Inputs of any size are padded to a multiple of the patch size (14) by the collator (labels with ``ignore_index``);
-:func:`segment` pads, predicts and crops the logits back for inference outside the trainers.
+Inputs of any size are padded to a multiple of the patch size (14) by the collator (labels with `ignore_index`);
+`segment` pads, predicts and crops the logits back for inference outside the trainers.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ HEADS = ("upernet", "dpt")
 
 
 def default_out_indices(num_layers: int, n: int = 4) -> List[int]:
-    """``n`` stage indices spread evenly over the depth, last layer included (12 layers -> [3, 6, 9, 12])."""
+    """`n` stage indices spread evenly over the depth, last layer included (12 layers -> [3, 6, 9, 12])."""
     if num_layers <= n:
         return list(range(1, num_layers + 1))
     return sorted({max(1, round(num_layers * (k + 1) / n)) for k in range(n)})
@@ -93,9 +93,9 @@ def build_backbone_segmenter(model_args, config, head_overrides: Optional[Dict] 
 
 
 def _load_pretrained_backbone(model_args, bb_config):
-    """``Dinov2Backbone.from_pretrained`` (the config's backbone class) -> (state_dict, missing keys); one-line errors.
+    """`Dinov2Backbone.from_pretrained` (the config's backbone class) -> (state_dict, missing keys); one-line errors.
 
-    The concrete class is used: ``AutoBackbone.from_pretrained`` asks the Hub whether the id exists (for timm) even
+    The concrete class is used: `AutoBackbone.from_pretrained` asks the Hub whether the id exists (for timm) even
     for a local folder, which fails offline.
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
@@ -115,7 +115,7 @@ def _load_pretrained_backbone(model_args, bb_config):
 
 
 def _set_attn(module, impl: Optional[str]) -> None:
-    """``--attn_implementation`` (eager, sdpa, ...) on the attention-bearing part; unsupported -> one line."""
+    """`--attn_implementation` (eager, sdpa, ...) on the attention-bearing part; unsupported -> one line."""
     if not impl:
         return
     try:
@@ -190,7 +190,7 @@ def dpt_config_from_dinov2(bb, labels: Dict, head: Dict):
 
 @torch.no_grad()
 def dinov2_state_to_dpt(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """DINOv2 (Model or Backbone) weights -> ``DPTForSemanticSegmentation.dpt`` weights, LayerScale folded in."""
+    """DINOv2 (Model or Backbone) weights -> `DPTForSemanticSegmentation.dpt` weights, LayerScale folded in."""
     out, scales = {}, {}
     for key, val in state.items():
         if key.startswith("embeddings."):
@@ -268,7 +268,7 @@ def segment(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 class SquarePadCollator:
-    """Wraps a collator: pads ``pixel_values`` (0) and ``labels`` (ignore_index) bottom/right to a square batch."""
+    """Wraps a collator: pads `pixel_values` (0) and `labels` (ignore_index) bottom/right to a square batch."""
 
     def __init__(self, collator, ignore_index: int = 255):
         self.collator = collator
@@ -306,8 +306,8 @@ def fit_collator(model, collator, ignore_index: int = 255):
 def fit_image_processor(model, processor, crop_size: int):
     """A processor that a stock pipeline can use on a patch-14 student: square resize to a multiple of 14.
 
-    DINOv2's own processor (``BitImageProcessor``) centre-crops 224 px and has no segmentation post-processing; it
-    is replaced by a ``SegformerImageProcessor`` with the same mean/std. A processor resizing to a fixed
+    DINOv2's own processor (`BitImageProcessor`) centre-crops 224 px and has no segmentation post-processing; it
+    is replaced by a `SegformerImageProcessor` with the same mean/std. A processor resizing to a fixed
     height/width that is not a multiple of the patch size gets its size rounded up. Others are kept.
     """
     from .builder import segformer_processor_class
@@ -342,7 +342,7 @@ def enable_backbone_checkpointing(model, training_args) -> bool:
 
     Returns True when it did so; the Trainer's own flag is then cleared (it would call the wrapper and fail).
     Non-reentrant checkpointing is used, so a frozen (LoRA) backbone needs no input gradients; with
-    ``use_reentrant=True`` the inputs are made to require grad.
+    `use_reentrant=True` the inputs are made to require grad.
     """
     on = bool(getattr(training_args, "activation_checkpointing", None) or getattr(training_args, "gradient_checkpointing", None))
     if not on:

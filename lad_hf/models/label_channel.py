@@ -65,9 +65,9 @@ def is_label_assisted(model_or_config) -> bool:
 def add_label_channel(model: nn.Module, init: str = "zeros", scale: float = 0.1, seed: int = 0) -> nn.Module:
     """Widen the model's first input layer from C to C+1 channels (image first, label last).
 
-    ``init="zeros"``: new weights W[:, C] = 0, so logits equal the original model's for any label channel
-    (function preserving). ``init="random"``: W[:, C] ~ scale · N(0, std(W[:, :C])) (the reference code's widening).
-    Sets ``config.num_channels = C+1`` and ``config.label_assisted = True`` so save/load round-trips.
+    `init="zeros"`: new weights W[:, C] = 0, so logits equal the original model's for any label channel
+    (function preserving). `init="random"`: W[:, C] ~ scale · N(0, std(W[:, :C])) (the reference code's widening).
+    Sets `config.num_channels = C+1` and `config.label_assisted = True` so save/load round-trips.
     """
     if init not in LABEL_CHANNEL_INITS:
         raise LADError(f"label channel init must be one of {LABEL_CHANNEL_INITS}, got {init!r}")

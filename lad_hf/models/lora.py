@@ -1,12 +1,12 @@
 """LoRA students through PEFT: target detection across transformers versions, frozen backbone, merge on export.
 
-Where the base model is named: the adapter (``adapter_config.json``'s ``base_model_name_or_path``) and the model card
-PEFT writes next to it (``base_model``) name the base model's **Hub id** (``--model_name_or_path`` when it is one), never
-a local path, so that an output_dir uploaded by ``Trainer.push_to_hub`` loads anywhere:
-``PeftModel.from_pretrained(AutoModelForSemanticSegmentation.from_pretrained(<hub id>, id2label=...), <repo>)``. A
-student built from a config (``--config_name``) or from a local folder has no Hub id: ``base_model_name_or_path`` is then
-``null`` and the card has no ``base_model``. In every case the frozen base weights are also saved in ``base_model/``
-inside the output_dir (uploaded with it); resume and ``lad-hf export`` (merge) use that copy first.
+Where the base model is named: the adapter (`adapter_config.json`'s `base_model_name_or_path`) and the model card
+PEFT writes next to it (`base_model`) name the base model's **Hub id** (`--model_name_or_path` when it is one), never
+a local path, so that an output_dir uploaded by `Trainer.push_to_hub` loads anywhere:
+`PeftModel.from_pretrained(AutoModelForSemanticSegmentation.from_pretrained(<hub id>, id2label=...), <repo>)`. A
+student built from a config (`--config_name`) or from a local folder has no Hub id: `base_model_name_or_path` is then
+`null` and the card has no `base_model`. In every case the frozen base weights are also saved in `base_model/`
+inside the output_dir (uploaded with it); resume and `lad-hf export` (merge) use that copy first.
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ def resolve_target_modules(model: nn.Module, spec: str = "auto") -> List[str]:
 
 def head_modules(model: nn.Module) -> List[str]:
     """Top-level children outside the backbone (decode/auxiliary heads, necks) plus backbone modules that were newly
-    initialised when the pretrained weights were loaded (``model.lad_new_modules``): trained fully and saved."""
+    initialised when the pretrained weights were loaded (`model.lad_new_modules`): trained fully and saved."""
     heads = [n for n, m in model.named_children() if n not in ENCODER_ROOTS and any(True for _ in m.parameters())]
     return heads + [n for n in getattr(model, "lad_new_modules", None) or [] if n not in heads]
 
 
 def _unambiguous(model: nn.Module, names: List[str]) -> List[str]:
-    """PEFT matches ``modules_to_save`` by string suffix: ``head`` also hits DPT's ``head.head`` (nested wrappers that
+    """PEFT matches `modules_to_save` by string suffix: `head` also hits DPT's `head.head` (nested wrappers that
     then fail to load). An ambiguous name is replaced by its children's full paths until every name is unique."""
     keys = [k for k, _ in model.named_modules() if k]
     out: List[str] = []
@@ -84,7 +84,7 @@ def _unambiguous(model: nn.Module, names: List[str]) -> List[str]:
 
 
 def apply_lora(model, lora_args: LoraArguments):
-    """Wrap ``model`` in a PeftModel: LoRA on the backbone's attention, heads fully trainable, the rest frozen."""
+    """Wrap `model` in a PeftModel: LoRA on the backbone's attention, heads fully trainable, the rest frozen."""
     from peft import LoraConfig, get_peft_model
 
     targets = resolve_target_modules(model, lora_args.lora_target_modules)
@@ -104,11 +104,11 @@ def trainable_summary(model) -> str:
 
 
 def hub_repo_id(value, roots: Iterable[str] = (), allow_single: bool = True) -> Optional[str]:
-    """``value`` when it names a Hub repo (``user/name``), else None: local paths (absolute, relative, existing under
-    the working directory or any of ``roots``), empty values and invalid ids are not Hub ids.
+    """`value` when it names a Hub repo (`user/name`), else None: local paths (absolute, relative, existing under
+    the working directory or any of `roots`), empty values and invalid ids are not Hub ids.
 
     Called while training (the working directory is the one the paths were given in) this is exact. Later (export of an
-    old record) a relative path may no longer resolve; ``allow_single=False`` then also rejects a bare ``name``, which is
+    old record) a relative path may no longer resolve; `allow_single=False` then also rejects a bare `name`, which is
     as likely a local folder as a legacy Hub id.
     """
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -128,8 +128,8 @@ def hub_repo_id(value, roots: Iterable[str] = (), allow_single: bool = True) -> 
 
 
 def _hub_safe_model_card(peft_model, hub_id: Optional[str]):
-    """PEFT's ``create_or_update_model_card`` (run by ``save_pretrained`` and ``Trainer.push_to_hub``) writes
-    ``base_model: <config._name_or_path>`` and a ``base_model:adapter:<name>`` tag: a local path or an empty string there
+    """PEFT's `create_or_update_model_card` (run by `save_pretrained` and `Trainer.push_to_hub`) writes
+    `base_model: <config._name_or_path>` and a `base_model:adapter:<name>` tag: a local path or an empty string there
     makes the Hub refuse the upload. This wrapper keeps PEFT's card but names only the Hub id (or no base model)."""
     original = peft_model.create_or_update_model_card
 
@@ -155,8 +155,8 @@ def _hub_safe_model_card(peft_model, hub_id: Optional[str]):
 def _load_base_weights(model, base_dir: str) -> None:
     """On resume, the frozen base must be the one the adapter was trained on (a config-built backbone is random).
 
-    Loaded through ``from_pretrained``: transformers 5 may save legacy key names (``attention.attention.query``)
-    that differ from the module names (``attention.q_proj``).
+    Loaded through `from_pretrained`: transformers 5 may save legacy key names (`attention.attention.query`)
+    that differ from the module names (`attention.q_proj`).
     """
     try:
         saved = type(model).from_pretrained(base_dir)
@@ -166,12 +166,12 @@ def _load_base_weights(model, base_dir: str) -> None:
 
 
 def maybe_apply_lora(model, lora_args: LoraArguments, training_args, base_model_id: Optional[str] = None):
-    """Apply LoRA when ``--use_lora``; the base weights are saved in ``<output_dir>/base_model`` so the adapter can be
-    merged on export. When resuming (``--resume_from_checkpoint``) the base weights saved by the first run are loaded back.
+    """Apply LoRA when `--use_lora`; the base weights are saved in `<output_dir>/base_model` so the adapter can be
+    merged on export. When resuming (`--resume_from_checkpoint`) the base weights saved by the first run are loaded back.
 
-    ``base_model_id``: what the student was built from (``--model_name_or_path``; default: the model's own
-    ``name_or_path``). Only a Hub id is written into the adapter config and the model card (see the module docstring);
-    a local folder or a config-built model gives ``base_model_name_or_path: null``.
+    `base_model_id`: what the student was built from (`--model_name_or_path`; default: the model's own
+    `name_or_path`). Only a Hub id is written into the adapter config and the model card (see the module docstring);
+    a local folder or a config-built model gives `base_model_name_or_path: null`.
     """
     if not lora_args.use_lora:
         return model
@@ -193,10 +193,10 @@ def maybe_apply_lora(model, lora_args: LoraArguments, training_args, base_model_
 
 
 def load_merged(adapter_dir: str):
-    """Base model + adapter from ``adapter_dir`` -> a plain transformers model with LoRA merged in.
+    """Base model + adapter from `adapter_dir` -> a plain transformers model with LoRA merged in.
 
-    The base is the saved ``adapter_dir/base_model`` (always written by training); only without it is the adapter
-    config's ``base_model_name_or_path`` (a Hub id) loaded.
+    The base is the saved `adapter_dir/base_model` (always written by training); only without it is the adapter
+    config's `base_model_name_or_path` (a Hub id) loaded.
     """
     import json
 

@@ -28,7 +28,7 @@ VALIDATE_FIRST_STEPS = 10
 class _NonFiniteGuard(TrainerCallback):
     """Before any log, save or evaluation, stop if a step produced a non-finite loss or gradient norm.
 
-    Runs after the default flow callback, so ``control.should_save`` is already decided: a NaN never reaches disk.
+    Runs after the default flow callback, so `control.should_save` is already decided: a NaN never reaches disk.
     """
 
     def __init__(self, trainer: "LADTrainerBase"):
@@ -46,7 +46,7 @@ class _NonFiniteGuard(TrainerCallback):
 
 
 class LADTrainerBase(CheckpointMixin, Trainer):
-    """Base for the LAD trainers: subclasses implement ``compute_loss`` and ``eval_forward``."""
+    """Base for the LAD trainers: subclasses implement `compute_loss` and `eval_forward`."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
@@ -81,7 +81,7 @@ class LADTrainerBase(CheckpointMixin, Trainer):
         return n
 
     def _flag_non_finite(self, value: torch.Tensor, what: str) -> None:
-        """Remember (on the device, without a host sync) the first step whose ``value`` is not finite."""
+        """Remember (on the device, without a host sync) the first step whose `value` is not finite."""
         bad = ~torch.isfinite(value.detach()).all()
         step = self.state.global_step + 1
         if self._first_bad is None:
@@ -139,7 +139,7 @@ class LADTrainerBase(CheckpointMixin, Trainer):
             check_labels(labels, self.num_labels, self.args.ignore_index)
 
     def eval_logits(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Evaluation logits: whole image, or sliding windows when ``--eval_window_size`` is set."""
+        """Evaluation logits: whole image, or sliding windows when `--eval_window_size` is set."""
         size = getattr(self.args, "eval_window_size", None)
         if not size:
             return segmentation_logits(model, pixel_values)
@@ -150,7 +150,7 @@ class LADTrainerBase(CheckpointMixin, Trainer):
                                      self.num_labels)
 
     def floating_point_ops(self, inputs) -> int:
-        """Skip transformers' per-step FLOP count (a walk over every module; only used for ``total_flos``)."""
+        """Skip transformers' per-step FLOP count (a walk over every module; only used for `total_flos`)."""
         return 0
 
     def seg_loss(self, logits, labels):

@@ -21,7 +21,7 @@ from ..errors import LADError
 logger = logging.getLogger(__name__)
 
 NOISER_STATE = "noiser_rng_state_{rank}.safetensors"
-# ``--resume_from_checkpoint`` values meaning "the newest complete checkpoint in --output_dir"
+# `--resume_from_checkpoint` values meaning "the newest complete checkpoint in --output_dir"
 RESUME_LAST = ("true", "last", "latest", "yes", "1")
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # the training state transformers writes next to the weights (torch.save zip files) and ours (safetensors)
@@ -51,10 +51,10 @@ def _safetensors_problem(path: str) -> Optional[str]:
 
 
 def _torch_file_problem(path: str) -> Optional[str]:
-    """Why a ``torch.save`` file is unusable (None when whole), checked without unpickling anything.
+    """Why a `torch.save` file is unusable (None when whole), checked without unpickling anything.
 
-    ``torch.save`` writes a zip archive: a truncated file has no end-of-archive record, a damaged one fails the CRC
-    of a member. ``testzip`` reads the members' bytes only (no ``pickle``), as much reading as loading the file.
+    `torch.save` writes a zip archive: a truncated file has no end-of-archive record, a damaged one fails the CRC
+    of a member. `testzip` reads the members' bytes only (no `pickle`), as much reading as loading the file.
     """
     name = os.path.basename(path)
     try:
@@ -94,13 +94,13 @@ def _training_state_problem(folder: str, names: List[str], sharded: bool) -> Opt
 
 
 def checkpoint_problem(folder: str) -> Optional[str]:
-    """Why ``folder`` cannot be resumed from, or None when it is a complete checkpoint.
+    """Why `folder` cannot be resumed from, or None when it is a complete checkpoint.
 
-    transformers writes a checkpoint in place (weights, optimizer, scheduler, RNG states, then ``trainer_state.json``
-    last), so a run killed while saving leaves a folder without ``trainer_state.json`` or with truncated weights; a
+    transformers writes a checkpoint in place (weights, optimizer, scheduler, RNG states, then `trainer_state.json`
+    last), so a run killed while saving leaves a folder without `trainer_state.json` or with truncated weights; a
     disk that filled up or a copy cut short leaves truncated files. Every file a resume reads is checked: the
-    weights (safetensors header against the file size), ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt`` and
-    ``rng_state*.pth`` (zip structure and CRCs, nothing unpickled) and the noiser state.
+    weights (safetensors header against the file size), `optimizer.pt`, `scheduler.pt`, `scaler.pt` and
+    `rng_state*.pth` (zip structure and CRCs, nothing unpickled) and the noiser state.
     """
     if not os.path.isdir(folder):
         return "not a folder"
@@ -138,7 +138,7 @@ def checkpoint_problem(folder: str) -> Optional[str]:
 
 
 def last_complete_checkpoint(output_dir: str) -> Optional[str]:
-    """The newest ``checkpoint-<step>`` folder of ``output_dir`` that :func:`checkpoint_problem` accepts."""
+    """The newest `checkpoint-<step>` folder of `output_dir` that `checkpoint_problem` accepts."""
     if not os.path.isdir(output_dir):
         return None
     steps = sorted(((int(m.group(1)), n) for n in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(n))), reverse=True)
@@ -176,7 +176,7 @@ class CheckpointMixin:
         self.save_noiser_state(output_dir)
 
     def resolve_checkpoint(self, resume_from_checkpoint):
-        """``True``/"true"/"last" -> the newest complete checkpoint; a path -> itself if complete; else LADError."""
+        """`True`/"true"/"last" -> the newest complete checkpoint; a path -> itself if complete; else LADError."""
         value = resume_from_checkpoint
         if value is None or value is False:
             return None
@@ -201,12 +201,12 @@ class CheckpointMixin:
         return value
 
     def _load_converted_weights(self, folder: str, model) -> bool:
-        """Load a checkpoint's weights through ``from_pretrained``'s key conversion; False when not applicable.
+        """Load a checkpoint's weights through `from_pretrained`'s key conversion; False when not applicable.
 
-        transformers' resume and best-model paths call ``model.load_state_dict(raw_file, strict=False)``. Models whose
+        transformers' resume and best-model paths call `model.load_state_dict(raw_file, strict=False)`. Models whose
         weights are renamed on load and reverted on save (SegFormer, DINOv2, ... in transformers 5) then restore
         *no* weight, with only a warning (huggingface/transformers#43701). Here the checkpoint is read by
-        ``from_pretrained`` and copied in strictly.
+        `from_pretrained` and copied in strictly.
         """
         from transformers import PreTrainedModel
 
@@ -232,7 +232,7 @@ class CheckpointMixin:
             super()._load_best_model()
 
     def planned_max_steps(self) -> Optional[int]:
-        """The optimizer steps this run trains for (``--max_steps``, else from ``--num_train_epochs``); None if unknown."""
+        """The optimizer steps this run trains for (`--max_steps`, else from `--num_train_epochs`); None if unknown."""
         if self.args.max_steps > 0:
             return self.args.max_steps
         if self.train_dataset is None:
@@ -245,9 +245,9 @@ class CheckpointMixin:
     def finished_run(self, checkpoint: str):
         """A checkpoint at (or past) the run's last step: nothing to train. Loads its state and returns the TrainOutput.
 
-        transformers would go on training past ``max_steps`` and, through the final save, overwrite the finished model.
-        Here the model gets the checkpoint's weights (the best checkpoint's with ``--load_best_model_at_end``) and
-        ``self.state`` its trainer state, so that a following ``save_model``/``save_state`` rewrites the same model.
+        transformers would go on training past `max_steps` and, through the final save, overwrite the finished model.
+        Here the model gets the checkpoint's weights (the best checkpoint's with `--load_best_model_at_end`) and
+        `self.state` its trainer state, so that a following `save_model`/`save_state` rewrites the same model.
         Returns None when the checkpoint is not finished.
         """
         from transformers.trainer_callback import TrainerState

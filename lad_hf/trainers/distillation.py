@@ -76,7 +76,7 @@ def load_teacher(path: str, trust_remote_code: bool = False) -> PreTrainedModel:
 
 
 class LADDistillationTrainer(LADTrainerBase):
-    """``LADDistillationTrainer(model=student, teacher_model=teacher, args=LADDistillationConfig(...), ...)``.
+    """`LADDistillationTrainer(model=student, teacher_model=teacher, args=LADDistillationConfig(...), ...)`.
 
     Loss = CE(S(x), y) + μ·D(S(x), T(x, ŷ)). The teacher is frozen, in eval mode, on the student's device in the
     training precision, never wrapped by DDP and never saved. A label-assisted teacher gets a fresh ŷ every step;

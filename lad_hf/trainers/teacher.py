@@ -85,7 +85,7 @@ class LADTeacherConfig(LabelNoiseArguments, SegmentationConfig):
 
 
 class LADTeacherTrainer(LADTrainerBase):
-    """Trains a label-assisted model (see ``add_label_channel``) on ``{"pixel_values": [N,3,H,W], "labels": [N,H,W]}``.
+    """Trains a label-assisted model (see `add_label_channel`) on `{"pixel_values": [N,3,H,W], "labels": [N,H,W]}`.
 
     Dual path (default): ŷ₁, ŷ₂ drawn independently, ONE forward over [x;ŷ₁] ⊕ [x;ŷ₂] (2N images), then
     L = CE(path 1) + CE(path 2) + λ·D(path 1, path 2). Evaluation feeds a seeded noise draw and reports mIoU and mKL.
