@@ -44,9 +44,6 @@ import datetime
 import json
 import math
 import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -70,12 +67,8 @@ IGNORE = 255
 
 def _lib():
     """The library pieces (imported late so ``--help`` is instant)."""
-    from lad_hf import LabelNoiser, build_loss
+    from lad_hf import LabelNoiser, add_label_channel, build_loss
     from lad_hf.fashion_scenes import FASHION_SCENES_ID2LABEL, load_or_build_fashion_scenes
-    try:
-        from lad_hf import add_label_channel
-    except (ImportError, AttributeError, ModuleNotFoundError):  # the package is being restructured
-        from lad_hf.models import add_label_channel
     return LabelNoiser, build_loss, add_label_channel, FASHION_SCENES_ID2LABEL, load_or_build_fashion_scenes
 
 
@@ -217,33 +210,16 @@ def miou(conf: np.ndarray) -> float:
 
 
 def segment_oracle(pred: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
-    """Majority vote of ``pred`` inside each 4-connected ground-truth segment (as lad_hf's ``segment_oracle``)."""
-    from scipy import ndimage
-    seg = np.zeros(label.shape, dtype=np.int64)
-    offset = 0
-    for c in np.unique(label):
-        if c == IGNORE or not (0 <= c < k):
-            continue
-        comp, n = ndimage.label(label == c)
-        seg[comp > 0] = comp[comp > 0] + offset
-        offset += n
-    if offset == 0:
-        return pred.copy()
-    votes = np.bincount(seg.ravel() * k + pred.ravel(), minlength=(offset + 1) * k).reshape(offset + 1, k)
-    out = pred.copy()
-    inside = seg > 0
-    out[inside] = votes.argmax(1)[seg[inside]]
-    return out
+    """Majority vote of `pred` inside each 4-connected ground-truth segment (the library's segment oracle)."""
+    from lad_hf.fashion_scenes.experiments import segment_oracle as oracle
 
+    return oracle(pred, label, k, IGNORE)
 
 def mean_pairwise_kl(logits: torch.Tensor) -> float:
-    """logits [D,N,C,H,W] -> mean over images/pixels of the mean pairwise KL between draws (as lad_hf.metrics)."""
-    d = logits.shape[0]
-    logp = F.log_softmax(logits.float(), dim=2)
-    p = logp.exp()
-    total = d * (p * logp).sum(dim=(0, 2)) - (p.sum(0) * logp.sum(0)).sum(dim=1)
-    return float((total.flatten(1).mean(1) / (d * (d - 1))).clamp_min(0).mean())
+    """logits [D,N,C,H,W] -> the mean pairwise KL between draws (`lad_hf.metrics.mean_pairwise_kl`)."""
+    from lad_hf.metrics import mean_pairwise_kl as mkl
 
+    return float(mkl(logits))
 
 @torch.no_grad()
 def predict_logits(model, x, y=None, mode="rgb", noiser=None, bs=100):
