@@ -40,20 +40,21 @@ def _naive_miou(model, ds, num_labels=4, ignore=255):
 
 
 def test_label_gain_of_a_teacher_that_reads_the_label_matches_a_direct_computation(tmp_path, tensor_dataset):
-    """A teacher whose output depends on the label channel: label_gain != 0, and the no-label mIoU equals a naive
-    evaluation of the same images with the label channel set to 0."""
+    """A teacher that reads a clean label (its output depends on the label channel): label_gain != 0, and the
+    no-label mIoU equals a naive evaluation of the same images with the label channel set to 0."""
     from conftest import first_batch, label_assisted_segformer, sharpen_head
     from lad_hf import LabelNoiser
 
     batch = first_batch(tensor_dataset, n=8)
     teacher = label_assisted_segformer(seed=7, scale=30.0)
     sharpen_head(teacher, LabelNoiser(4, generator=torch.Generator().manual_seed(0)).assist(batch["pixel_values"], batch["labels"]))
-    tr = LADTeacherTrainer(model=teacher, args=trainer_args(LADTeacherConfig, tmp_path), eval_dataset=tensor_dataset)
+    clean = dict(class_noise=False, pixel_noise=False)  # the teacher is fed the clean label
+    tr = LADTeacherTrainer(model=teacher, args=trainer_args(LADTeacherConfig, tmp_path, **clean), eval_dataset=tensor_dataset)
     m = tr.evaluate()
     assert m["eval_mean_iou_no_label"] == pytest.approx(_naive_miou(teacher, tensor_dataset), abs=1e-9)
     assert m["eval_label_gain"] == pytest.approx(m["eval_mean_iou"] - m["eval_mean_iou_no_label"], abs=1e-12)
     assert abs(m["eval_label_gain"]) > 1e-3, m
-    off = LADTeacherTrainer(model=teacher, args=trainer_args(LADTeacherConfig, tmp_path, eval_label_gain=False),
+    off = LADTeacherTrainer(model=teacher, args=trainer_args(LADTeacherConfig, tmp_path, eval_label_gain=False, **clean),
                             eval_dataset=tensor_dataset).evaluate()
     assert "eval_label_gain" not in off and off["eval_mean_iou"] == m["eval_mean_iou"]
 
