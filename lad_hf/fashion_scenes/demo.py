@@ -3,15 +3,17 @@
     python -m lad_hf.fashion_scenes.demo --output_dir outputs/demo          # <= ~15 minutes on 2 CPU cores, dataset build included
     python -m lad_hf.fashion_scenes.demo --output_dir /tmp/d --tiny         # seconds (smoke test)
 
-Builds (or loads from `--cache_dir`) the fashion-scenes dataset, then trains with the library's trainers:
+Builds (or loads from `--cache_dir`) the fashion-scenes dataset, by default in its blurred regime (images blurred
+with σ 2.5 px, masks sharp), then trains with the library's trainers:
 
-1. the **baseline student** (tiny SegFormer, plain supervised),
-2. a **plain teacher** 2-3x bigger and the **CWD student** distilled from it (conventional distillation),
-3. the **LAD teacher** (the student's architecture + the noised label channel, dual-path consistency) and the
-   **LAD student** distilled from it,
+1. the **baseline student** (UperNet on a small ResNet, plain supervised),
+2. the **LAD teacher** (the student's architecture + the noised label channel, dual-path consistency, RGB dropout
+   0.3 as an extension) and the **LAD student** distilled from it,
+3. a **plain teacher** 2-3x bigger and the **CWD student** distilled from it (conventional distillation),
 
-evaluates on the test split and writes `results.md`, `results.json` and `figure.png` (image | ground truth |
-baseline | LAD student | teacher with noised label) into `--output_dir`.
+evaluates on the test split (the teacher also with its label channel set to 0: its label gain) and writes
+`results.md`, `results.json` and `figure.png` (image | ground truth | baseline | LAD student | teacher with noised
+label) into `--output_dir`. `--preset sharp-segformer` runs the previous default (sharp images, SegFormer-tiny).
 """
 
 from __future__ import annotations
