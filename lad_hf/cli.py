@@ -151,7 +151,8 @@ def _info(model_args, data_args, training_args, extra=None) -> Dict:
     keep = ["max_steps", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed", "label_sigma",
             "class_noise", "pixel_noise", "ignore_mode", "dual_path", "consistency_loss", "consistency_weight",
             "consistency_tau", "distill_loss", "distill_tau", "distill_weight", "fixed_class_encoding",
-            "teacher_model_name_or_path", "run_name", "eval_window_size", "eval_window_stride"]
+            "teacher_model_name_or_path", "run_name", "eval_window_size", "eval_window_stride", "consistency_symmetric",
+            "label_channel_init", "label_channel_scale", "rgb_dropout"]
     info = {k: getattr(training_args, k) for k in keep if hasattr(training_args, k)}
     info.update(dataset_name=data_args.dataset_name, model_name_or_path=model_args.model_name_or_path,
                 config_name=model_args.config_name, config_overrides=model_args.config_overrides)

@@ -353,9 +353,9 @@ def model_card(model, info: Dict, metrics: Optional[Dict] = None, repo_id: Optio
         lines.append("Trained with LoRA adapters on a frozen backbone; the adapters are merged into these weights.")
     lines.append("")
     if kind != "teacher":
-        lines += ["## Usage", "", "``python", "from transformers import pipeline", "",
+        lines += ["## Usage", "", "```python", "from transformers import pipeline", "",
                   f'seg = pipeline("image-segmentation", model="{repo_id or "path/to/this/folder"}")',
-                  'masks = seg("image.jpg")', "``", ""]
+                  'masks = seg("image.jpg")', "```", ""]
     if preprocessing:
         lines += ["## Preprocessing", "", preprocessing, ""]
     if metrics:
@@ -392,7 +392,7 @@ def model_card(model, info: Dict, metrics: Optional[Dict] = None, repo_id: Optio
     else:
         lines += ["## How it was trained", ""]
         keys = ["label_sigma", "class_noise", "pixel_noise", "ignore_mode", "dual_path", "consistency_loss",
-                "consistency_weight", "consistency_tau"] if kind == "teacher" else []
+                "consistency_weight", "consistency_tau", "consistency_symmetric", "label_channel_init", "label_channel_scale", "rgb_dropout"] if kind == "teacher" else []
     keys += ["lora", "max_steps", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed",
              "config_overrides"]
     rows = [f"| {key} | {_fmt(info[key])} |" for key in keys if info.get(key) is not None]

@@ -81,6 +81,7 @@ def test_distilled_card_names_hub_ids_only(tmp_path, monkeypatch):
     assert res.metric_type == "mean_iou" and res.metric_value == pytest.approx(0.4321)
     assert "## How it was distilled" in card.text and "label-assisted teacher" in card.text
     assert "0.1234" in card.text  # the teacher's label_gain
+    assert '```python\nfrom transformers import pipeline' in card.text and card.text.count("```") % 2 == 0
     assert "eval_runtime" not in card.text and "hf_secret" not in _all_text(out)
     # no local path anywhere: not the run folders, not the relative teacher path, not run_name
     text = _all_text(out)

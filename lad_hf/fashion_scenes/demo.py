@@ -169,7 +169,7 @@ def parse_args(argv=None):
     p.add_argument("--num_train", type=int, default=None)
     p.add_argument("--canvas_size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-2; --tiny 5e-3)")
+    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the preset's, 3e-3; --tiny 5e-3)")
     p.add_argument("--batch_size", type=int, default=None, help="training batch size (default 16; --tiny 4)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores idle right now)")
     p.add_argument("--fashion_mnist_dir", default=None)
@@ -190,6 +190,8 @@ def main(argv=None) -> int:
     from . import experiments as E
     from .dataset import FASHION_SCENES_ID2LABEL, load_or_build_fashion_scenes
 
+    if args.tiny and args.preset != "default":
+        raise SystemExit("error: --tiny is its own preset; pass either --tiny or --preset")
     sz = dict(SIZES["tiny" if args.tiny else args.preset])
     for key in ("steps", "num_train", "canvas_size", "lr", "batch_size", "blur_sigma", "student", "lad_teacher",
                 "plain_teacher", "teacher_lr", "rgb_dropout"):
@@ -288,8 +290,10 @@ def main(argv=None) -> int:
         "gain is its mIoU minus its mIoU with the label channel set to 0 (0 when it ignores the label). "
         "Segment oracle: the model's prediction replaced by its majority vote inside each ground-truth segment.", "",
         table, "",
-        "## How the setting was chosen", "",
-        "The default is the **blurred regime** (images blurred with σ = {blur_sigma:g} px, masks sharp) with conv + "
+        "## How the default setting was chosen", "",
+        ("" if all(sz.get(k) == v for k, v in SIZES["default"].items()) else
+         "**This run does not use the default setting** (its own is in the schedule line above). ")
+        + "The default is the **blurred regime** (images blurred with σ = {blur_sigma:g} px, masks sharp) with conv + "
         "BatchNorm models (UperNet on a small ResNet: student {student}, plain teacher {teacher}), AdamW lr {lr:g}. "
         "It was chosen on the **validation split only**: it is the setting of the label-use study "
         "(`benchmarks/results/label_use.md`) where the LAD teacher reads its label (label gain >= +3 and the teacher "

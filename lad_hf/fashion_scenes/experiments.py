@@ -336,7 +336,7 @@ def train_student(data: Prepared, spec: RunSpec, teacher, workdir: Optional[str]
         trainer = LADDistillationTrainer(model=model, teacher_model=teacher, args=args, train_dataset=data.train,
                                          data_collator=data.collator)
         seconds = _train(trainer)
-    teacher.float()  # the trainer cast the teacher (in place) to the training dtype; restore it for reuse
+    teacher.float()  # under bf16 the trainer distils from a cast copy; this keeps the caller's teacher fp32 either way
     return trainer.model, trainer, seconds
 
 

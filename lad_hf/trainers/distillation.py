@@ -79,7 +79,8 @@ class LADDistillationTrainer(LADTrainerBase):
     """`LADDistillationTrainer(model=student, teacher_model=teacher, args=LADDistillationConfig(...), ...)`.
 
     Loss = CE(S(x), y) + μ·D(S(x), T(x, ŷ)). The teacher is frozen, in eval mode, on the student's device in the
-    training precision, never wrapped by DDP and never saved. A label-assisted teacher gets a fresh ŷ every step;
+    training precision (a cast copy under bf16/fp16; in fp32 the caller's teacher itself is moved to the device,
+    frozen and put in eval mode), never wrapped by DDP and never saved. A label-assisted teacher gets a fresh ŷ every step;
     a 3-channel teacher is a conventional KD teacher T(x).
     """
 
