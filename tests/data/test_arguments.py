@@ -16,9 +16,6 @@ from lad_hf.data import (
 from lad_hf.errors import LADError
 
 
-from data_helpers import K, _pair, _image_dataset, _args, _load, parquet_dir, _write_palette_mask, _stripe_pair, _unnormalize, _mask_dataset  # noqa: F401,F811
-
-
 def test_data_arguments_parse_and_help():
     for f in dataclasses.fields(DataArguments):
         assert f.metadata.get("help"), f"{f.name} lacks help"

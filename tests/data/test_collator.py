@@ -13,9 +13,6 @@ from lad_hf.data import (
 )
 
 
-from data_helpers import K, _pair, _image_dataset, _args, _load, parquet_dir, _write_palette_mask, _stripe_pair, _unnormalize, _mask_dataset  # noqa: F401,F811
-
-
 def test_collator_pads_with_zero_and_ignore_index():
     a = {"pixel_values": torch.ones(3, 5, 7), "labels": torch.zeros(5, 7, dtype=torch.int64)}
     b = {"pixel_values": torch.ones(3, 6, 4), "labels": torch.ones(6, 4, dtype=torch.int64)}

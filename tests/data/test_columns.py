@@ -7,14 +7,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 import pytest
+from data_helpers import _image_dataset, _load
 
 from lad_hf.data import (
     resolve_columns,
 )
 from lad_hf.errors import LADError
-
-
-from data_helpers import K, _pair, _image_dataset, _args, _load, parquet_dir, _write_palette_mask, _stripe_pair, _unnormalize, _mask_dataset  # noqa: F401,F811
 
 
 def test_column_override_and_wrong_column_lists_columns(tmp_path):

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np
 import pytest
+from data_helpers import _write_palette_mask
 from PIL import Image
 
 from lad_hf.data import (
@@ -15,9 +16,6 @@ from lad_hf.data import (
     parse_label_colors,
 )
 from lad_hf.errors import LADError
-
-
-from data_helpers import K, _pair, _image_dataset, _args, _load, parquet_dir, _write_palette_mask, _stripe_pair, _unnormalize, _mask_dataset  # noqa: F401,F811
 
 
 def test_palette_mask_gives_indices_not_colours(tmp_path):

@@ -19,9 +19,6 @@ from lad_hf.data import (
 from lad_hf.errors import LADError
 
 
-from data_helpers import K, _pair, _image_dataset, _args, _load, parquet_dir, _write_palette_mask, _stripe_pair, _unnormalize, _mask_dataset  # noqa: F401,F811
-
-
 def test_id2label_parsing_errors(tmp_path):
     f = tmp_path / "l.json"
     f.write_text(json.dumps({"1": "b", "0": "a"}))

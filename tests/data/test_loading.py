@@ -10,6 +10,7 @@ import json
 import datasets
 import numpy as np
 import pytest
+from data_helpers import _image_dataset, _load, _pair, _write_palette_mask, parquet_dir  # noqa: F401,F811  (parquet_dir is a fixture)
 
 from lad_hf.data import (
     ROW_INDEX_COLUMN,
@@ -19,9 +20,6 @@ from lad_hf.data import (
     resolve_columns,
 )
 from lad_hf.errors import LADError
-
-
-from data_helpers import K, _pair, _image_dataset, _args, _load, parquet_dir, _write_palette_mask, _stripe_pair, _unnormalize, _mask_dataset  # noqa: F401,F811
 
 
 def test_parquet_folder_autodetects_columns_and_id2label_json(parquet_dir, tmp_path):

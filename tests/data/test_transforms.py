@@ -2,27 +2,15 @@
 
 import os
 
-import pytest
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import random
 
 import numpy as np
+import pytest
 import torch
-from data_helpers import (  # noqa: F401,F811
-    K,
-    _args,
-    _image_dataset,
-    _load,
-    _mask_dataset,
-    _pair,
-    _stripe_pair,
-    _unnormalize,
-    _write_palette_mask,
-    parquet_dir,
-)
+from data_helpers import K, _pair, _image_dataset, _args, _load, parquet_dir, _write_palette_mask, _stripe_pair, _unnormalize, _mask_dataset  # noqa: F401,F811  (parquet_dir is a fixture)
 from PIL import Image
 
 from lad_hf.data import (

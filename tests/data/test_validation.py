@@ -9,6 +9,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import datasets
 import numpy as np
 import pytest
+from data_helpers import _load, _mask_dataset, _pair
 from PIL import Image
 
 from lad_hf.data import (
@@ -17,9 +18,6 @@ from lad_hf.data import (
     validate_dataset_sample,
 )
 from lad_hf.errors import LADError
-
-
-from data_helpers import K, _pair, _image_dataset, _args, _load, parquet_dir, _write_palette_mask, _stripe_pair, _unnormalize, _mask_dataset  # noqa: F401,F811
 
 
 def test_size_mismatch_names_row_and_sizes_and_can_be_skipped(tmp_path):
