@@ -5,7 +5,7 @@ scenes built from the full dataset, for the scenes it covers.
 
     # the tests' fixture (committed under tests/fixtures/fashion-mnist, MIT-licensed data)
     python scripts/pack_fashion_subset.py --num_train 48 --num_eval 48 --seeds 0 1 --extra_per_class 3 \
-        --output_dir tests/fixtures/fashion-mnist
+        --mosaic_scenes 3 --output_dir tests/fixtures/fashion-mnist
     # the GPU machine's copy (64 MiB carry limit)
     python scripts/pack_fashion_subset.py --num_train 8000 --num_eval 5000 --output_dir .data
 """
@@ -17,6 +17,7 @@ import struct
 import numpy as np
 
 from lad_hf.fashion_scenes import load_fashion_mnist, scene_layout
+from lad_hf.fashion_scenes.dataset import mosaic_layout
 
 
 def main():
@@ -25,6 +26,8 @@ def main():
     p.add_argument("--num_eval", type=int, default=None, help="validation and test scenes covered (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--extra_per_class", type=int, default=0, help="also keep the first n train images of each class")
+    p.add_argument("--mosaic_scenes", type=int, default=0, help="also keep the items of the first n mosaic scenes "
+                                                                  "of every split (canvas 64)")
     p.add_argument("--output_dir", default=".data")
     p.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
     a = p.parse_args()
@@ -38,6 +41,10 @@ def main():
             for i in range(n):
                 for item in scene_layout(split, i, seed=seed).items:
                     keep[item.fashion_split][item.fashion_index] = True
+            for i in range(a.mosaic_scenes):
+                layout = mosaic_layout(split, i, data, seed=seed, canvas_size=64)
+                for region in layout.regions:
+                    keep[layout.fashion_split][list(region.items)] = True
     for c in range(10):
         keep["train"][np.flatnonzero(data["train"][1] == c)[: a.extra_per_class]] = True
     os.makedirs(a.output_dir, exist_ok=True)

@@ -45,6 +45,8 @@ from .fashion_mnist import (
     _resolve_fashion_dir,
     load_fashion_mnist,
 )
+from .card import dataset_card
+from .mosaic import draw_mosaic, render_mosaic
 from .png import _png, encode_png  # noqa: F401  (encode_png is re-exported)
 
 __all__ = [
@@ -337,17 +339,53 @@ def blur_image(image: np.ndarray, sigma: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius=float(sigma))))
 
 
+def _class_items(fashion: dict, split: str) -> dict[int, np.ndarray]:
+    """Fashion-MNIST indices per scene class (1..10) within the range `split` draws from."""
+    fashion_split, lo, hi = _FASHION_SOURCES[split]
+    labels = fashion[fashion_split][1][lo:hi]
+    return {k + 1: np.flatnonzero(labels == k) + lo for k in range(len(FASHION_MNIST_CLASSES))}
+
+
+def mosaic_layout(split: str, index: int, fashion: dict, *, seed: int = 0, canvas_size: int = 96):
+    """Draw the mosaic layout of scene `index` of `split` (see `lad_hf.fashion_scenes.mosaic`)."""
+    _check_split(split)
+    _check_canvas_size(canvas_size)
+    rng = np.random.default_rng([int(seed), _SPLIT_CODES[split], int(index), 1])
+    return draw_mosaic(rng, split, index, canvas_size, _FASHION_SOURCES[split][0], _class_items(fashion, split),
+                       _background_set(split))
+
+
+def _render_objects(split, i, seed, canvas_size, fashion, photos):
+    return _render(scene_layout(split, i, seed=seed, canvas_size=canvas_size), fashion, photos)
+
+
+def _render_mosaic(split, i, seed, canvas_size, fashion, photos):
+    return render_mosaic(mosaic_layout(split, i, fashion, seed=seed, canvas_size=canvas_size), fashion, photos)
+
+
+# layout name -> renderer of scene i: "objects" (2-4 items on a photo) or "mosaic" (many touching regions)
+LAYOUTS = {"objects": _render_objects, "mosaic": _render_mosaic}
+
+
+def render_any(layout: str, split: str, index: int, *, seed: int = 0, canvas_size: int = 96,
+               fashion_mnist_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask) arrays of scene `index` of `split` in the named `layout`."""
+    return LAYOUTS[layout](split, index, seed, canvas_size, load_fashion_mnist(fashion_mnist_dir),
+                           _background_photos(canvas_size))
+
+
 def _generate(
     split: str, shards: Sequence[tuple[int, int]], seed: int, canvas_size: int, fashion_mnist_dir: str | None, version: str,
-    blur_sigma: float = 0.0,
+    blur_sigma: float = 0.0, layout: str = "objects",
 ) -> Iterator[dict]:
     """datasets generator: yields the scenes of `split` in the index ranges `shards`."""
     del version  # only part of the fingerprint
     fashion = load_fashion_mnist(fashion_mnist_dir)
     photos = _background_photos(canvas_size)
+    render = LAYOUTS[layout]
     for start, stop in shards:
         for i in range(start, stop):
-            image, mask = _render(scene_layout(split, i, seed=seed, canvas_size=canvas_size), fashion, photos)
+            image, mask = render(split, i, seed, canvas_size, fashion, photos)
             yield {"image": _png(blur_image(image, blur_sigma)), "label": _png(mask)}
 
 
@@ -377,10 +415,12 @@ def build_fashion_scenes(
     num_proc: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     blur_sigma: float = 0.0,
+    layout: str = "objects",
 ):
     """Build fashion-scenes as a `datasets.DatasetDict` with splits train/validation/test.
 
-    `blur_sigma` > 0 blurs every image (Gaussian, std in px; masks stay sharp): the "blurred" difficulty, where
+    `layout` is `"objects"` (2-4 items on a photo) or `"mosaic"` (canvases tiled by 10-30 touching regions whose
+    class shows only in texture statistics; `lad_hf.fashion_scenes.mosaic`). `blur_sigma` > 0 blurs every image (Gaussian, std in px; masks stay sharp): the "blurred" difficulty, where
     RGB alone leaves the grouping ambiguous and a label-assisted teacher has something to read.
 
     Columns: `image` (RGB) and `label` (mode "L" mask of class ids 0..10, see
@@ -391,6 +431,8 @@ def build_fashion_scenes(
     import datasets
 
     _check_canvas_size(canvas_size)
+    if layout not in LAYOUTS:
+        raise LADError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
     if not isinstance(blur_sigma, (int, float)) or blur_sigma < 0:
         raise LADError(f"blur_sigma must be a number >= 0, got {blur_sigma!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -412,7 +454,8 @@ def build_fashion_scenes(
         shards = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         version = f"v{SCENES_VERSION}-{_source_hash()}"
         fingerprint = hashlib.sha256(
-            json.dumps([version, split, n, canvas_size, int(seed), str(directory)] + ([float(blur_sigma)] if blur_sigma else [])).encode()
+            json.dumps([version, split, n, canvas_size, int(seed), str(directory)] + ([float(blur_sigma)] if blur_sigma else [])
+            + ([layout] if layout != "objects" else [])).encode()
         ).hexdigest()[:32]
         ds = datasets.Dataset.from_generator(
             _generate,
@@ -426,6 +469,7 @@ def build_fashion_scenes(
                 "fashion_mnist_dir": fashion_arg,
                 "version": version,
                 "blur_sigma": float(blur_sigma),
+                "layout": layout,
             },
             num_proc=procs if procs > 1 else None,
             split=datasets.NamedSplit(split),
@@ -443,61 +487,13 @@ def cache_key(
     canvas_size: int = 96,
     seed: int = 0,
     blur_sigma: float = 0.0,
+    layout: str = "objects",
 ) -> str:
     """Folder name that encodes the build parameters (and `SCENES_VERSION`)."""
     blur = f"_blur{float(blur_sigma):g}" if blur_sigma else ""
-    return f"fashion-scenes-v{SCENES_VERSION}_{canvas_size}px_seed{seed}_{num_train}-{num_validation}-{num_test}{blur}"
-
-
-def _dataset_card(params: dict) -> str:
-    n = params["num_train"] + params["num_validation"] + params["num_test"]
-    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10000 else "10K<n<100K"
-    classes = "\n".join(f"| {k} | {v} |" for k, v in FASHION_SCENES_ID2LABEL.items())
-    return f"""---
-pretty_name: fashion-scenes
-license: other
-task_categories:
-- image-segmentation
-task_ids:
-- semantic-segmentation
-size_categories:
-- {size}
-tags:
-- composed
-- fashion-mnist
-- lad_hf
----
-
-# fashion-scenes
-
-Semantic segmentation scenes built by `lad_hf.fashion_scenes` (version {SCENES_VERSION}) with
-`{json.dumps(params)}`.
-
-**Layouts and masks are composed; pixels are real.** Each {params['canvas_size']}x{params['canvas_size']} canvas is a
-random crop of a real photograph, with 2-4 real Fashion-MNIST product photos pasted on it (random
-scale, colour tint, flip and position; later items occlude earlier ones). A mask pixel holds the
-class id of the item whose filled silhouette (grayscale > {SILHOUETTE_THRESHOLD}, holes filled) covers it, else 0.
-These are not natural scenes: no lighting, perspective or context.
-
-Splits: `train` ({params['num_train']}) uses Fashion-MNIST train items and the photos
-{', '.join(TRAIN_BACKGROUNDS)}; `validation` ({params['num_validation']}) and `test` ({params['num_test']})
-use Fashion-MNIST test images 0-4999 and 5000-9999 respectively, and the photos
-{', '.join(EVAL_BACKGROUNDS)}. No source image is shared between train and validation/test.
-
-Columns: `image` (RGB PNG), `label` (mode "L" PNG mask). Classes (also in `id2label.json`):
-
-| id | label |
-|---|---|
-{classes}
-
-## Sources and licences
-
-- Fashion-MNIST, (c) 2017 Zalando SE, MIT licence: https://github.com/zalandoresearch/fashion-mnist
-- Background photographs from `skimage.data` (scikit-image): mostly public domain or CC0; see the
-  `skimage.data` documentation for each image's source and licence.
-
-Load with `datasets.load_from_disk(path)`.
-"""
+    kind = f"_{layout}" if layout != "objects" else ""
+    return (f"fashion-scenes-v{SCENES_VERSION}{kind}_{canvas_size}px_seed{seed}_{num_train}-{num_validation}-"
+            f"{num_test}{blur}")
 
 
 def load_or_build_fashion_scenes(cache_dir: str | os.PathLike, **kwargs):
@@ -511,7 +507,7 @@ def load_or_build_fashion_scenes(cache_dir: str | os.PathLike, **kwargs):
     params = {
         k: kwargs.get(k, v)
         for k, v in (("num_train", 20000), ("num_validation", 1000), ("num_test", 2000), ("canvas_size", 96), ("seed", 0),
-                     ("blur_sigma", 0.0))
+                     ("blur_sigma", 0.0), ("layout", "objects"))
     }
     target = Path(cache_dir).expanduser() / cache_key(**params)
     if (target / "dataset_dict.json").is_file() and (target / "id2label.json").is_file():
@@ -526,7 +522,7 @@ def load_or_build_fashion_scenes(cache_dir: str | os.PathLike, **kwargs):
         (staging / "id2label.json").write_text(
             json.dumps({str(k): v for k, v in FASHION_SCENES_ID2LABEL.items()}, indent=2) + "\n"
         )
-        (staging / "README.md").write_text(_dataset_card(params))
+        (staging / "README.md").write_text(dataset_card(params))
         del dsd
         if target.exists():  # incomplete earlier attempt
             shutil.rmtree(target)
@@ -558,6 +554,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--num_proc", type=int, default=None, help="processes per split (default: up to 2)")
     parser.add_argument("--blur_sigma", type=float, default=0.0,
                         help="Gaussian blur of the images in px (masks stay sharp): the harder 'blurred' regime")
+    parser.add_argument("--layout", default="objects", choices=sorted(LAYOUTS),
+                        help="objects: 2-4 items on a photo; mosaic: many touching regions, class only in texture")
     args = parser.parse_args(None if argv is None else list(argv))
     start = time.perf_counter()
     try:
@@ -571,11 +569,13 @@ def main(argv: Iterable[str] | None = None) -> int:
             fashion_mnist_dir=args.fashion_mnist_dir,
             num_proc=args.num_proc,
             blur_sigma=args.blur_sigma,
+            layout=args.layout,
         )
     except LADError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = Path(args.output_dir) / cache_key(args.num_train, args.num_validation, args.num_test, args.canvas_size, args.seed, args.blur_sigma)
+    path = Path(args.output_dir) / cache_key(args.num_train, args.num_validation, args.num_test, args.canvas_size, args.seed, args.blur_sigma,
+                                        args.layout)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in dsd.items())
     print(f"fashion-scenes at {path} ({sizes}) in {time.perf_counter() - start:.1f}s")
     return 0

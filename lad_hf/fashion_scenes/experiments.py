@@ -276,7 +276,7 @@ def _metrics(raw: Mapping[str, float], prefix: str, id2label: Mapping[int, str])
            "per_class_iou": per_class}
     if f"{prefix}_mkl" in raw:
         out["mkl_x100"] = float(raw[f"{prefix}_mkl"])
-    for key in ("mean_iou_no_label", "label_gain"):
+    for key in ("mean_iou_no_label", "label_gain", "mean_iou_shuffled_label", "label_gain_shuffled"):
         if f"{prefix}_{key}" in raw:
             out[key] = float(raw[f"{prefix}_{key}"])
     return out

@@ -24,6 +24,12 @@ logger = logging.getLogger(__name__)
 
 VALIDATE_FIRST_STEPS = 10
 
+# label-use controls: extra key of `eval_forward` -> (mIoU metric name, gain metric name); gain = mIoU − control mIoU
+LABEL_CONTROLS = {
+    "@no_label": ("mean_iou_no_label", "label_gain"),  # the label channel set to 0
+    "@shuffled": ("mean_iou_shuffled_label", "label_gain_shuffled"),  # another image's label, noised the same way
+}
+
 
 class _NonFiniteGuard(TrainerCallback):
     """Before any log, save or evaluation, stop if a step produced a non-finite loss or gradient norm.
@@ -58,7 +64,8 @@ class LADTrainerBase(CheckpointMixin, Trainer):
         self.num_labels = num_labels or cfg.num_labels
         self.id2label = {int(k): v for k, v in (getattr(cfg, "id2label", None) or {}).items()} or None
         self.metric = StreamingMeanIoU(self.num_labels, ignore_index=self.args.ignore_index, id2label=self.id2label)
-        self.no_label_metric = StreamingMeanIoU(self.num_labels, ignore_index=self.args.ignore_index)
+        self.control_metrics = {k: StreamingMeanIoU(self.num_labels, ignore_index=self.args.ignore_index)
+                                for k in LABEL_CONTROLS}
         self._parts: Dict[str, tuple] = {}
         self._eval_extra: Dict[str, list] = defaultdict(list)
         self.noiser: Optional[LabelNoiser] = None
@@ -185,11 +192,11 @@ class LADTrainerBase(CheckpointMixin, Trainer):
         labels = inputs["labels"]
         with torch.no_grad(), self.compute_loss_context_manager():
             _, logits, extra = self.eval_forward(model, inputs)
-        no_label = extra.pop("@no_label", None)
+        controls = {k: extra.pop(k) for k in LABEL_CONTROLS if k in extra}
         loss, cm = self._confusion(logits, labels)
         self.metric.add_confusion(cm)
-        if no_label is not None:
-            self.no_label_metric.add_confusion(self._confusion(no_label, labels)[1])
+        for k, control_logits in controls.items():
+            self.control_metrics[k].add_confusion(self._confusion(control_logits, labels)[1])
         for k, v in extra.items():
             self._eval_extra[k].append(self.accelerator.gather_for_metrics(v.detach().float()).cpu())
         return loss.detach(), None, None
@@ -212,16 +219,18 @@ class LADTrainerBase(CheckpointMixin, Trainer):
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
         self.metric.reset()
-        self.no_label_metric.reset()
+        for m in self.control_metrics.values():
+            m.reset()
         self._eval_extra.clear()
         self.on_evaluation_start()
         out = super().evaluation_loop(dataloader, description, prediction_loss_only=True, ignore_keys=ignore_keys,
                                       metric_key_prefix=metric_key_prefix)
         metrics = self.metric.named_metrics(prefix=f"{metric_key_prefix}_")
-        if self.no_label_metric.confusion is not None:  # label use: label_gain = mIoU - mIoU with the label channel 0
-            no_label = self.no_label_metric.compute()["mean_iou"]
-            metrics[f"{metric_key_prefix}_mean_iou_no_label"] = no_label
-            metrics[f"{metric_key_prefix}_label_gain"] = metrics[f"{metric_key_prefix}_mean_iou"] - no_label
+        for k, (miou_name, gain_name) in LABEL_CONTROLS.items():  # label use: gain = mIoU − mIoU of the control
+            if self.control_metrics[k].confusion is not None:
+                control = self.control_metrics[k].compute()["mean_iou"]
+                metrics[f"{metric_key_prefix}_{miou_name}"] = control
+                metrics[f"{metric_key_prefix}_{gain_name}"] = metrics[f"{metric_key_prefix}_mean_iou"] - control
         for k, vals in self._eval_extra.items():
             metrics[f"{metric_key_prefix}_{k}"] = torch.cat(vals).mean().item()
         out.metrics.update(metrics)

@@ -45,8 +45,10 @@ class LADTeacherConfig(LabelNoiseArguments, SegmentationConfig):
 
     Parameters that control evaluation:
         eval_stability_draws (`int`, defaults to `3`): noise draws per image for the teacher's mKL (0 disables).
-        eval_label_gain (`bool`, defaults to `True`): also evaluate with the label channel set to 0 and report
-            `mean_iou_no_label` and `label_gain = mean_iou - mean_iou_no_label` (0 for a teacher ignoring the label).
+        eval_label_gain (`bool`, defaults to `True`): also evaluate (a) with the label channel set to 0:
+            `mean_iou_no_label`, `label_gain = mean_iou - mean_iou_no_label`; (b) with another image's label, noised
+            the same way (an input like those seen in training): `mean_iou_shuffled_label`,
+            `label_gain_shuffled = mean_iou - mean_iou_shuffled_label`. Both are 0 for a teacher ignoring its label.
 
     Defaults that differ from `TrainingArguments`: as [`SegmentationConfig`].
     """
@@ -68,7 +70,9 @@ class LADTeacherConfig(LabelNoiseArguments, SegmentationConfig):
     # evaluation
     eval_stability_draws: int = field(default=3, metadata={"help": "Noise draws for the eval mKL; 0 disables."})
     eval_label_gain: bool = field(
-        default=True, metadata={"help": "Also evaluate with the label channel set to 0: mean_iou_no_label, label_gain."}
+        default=True, metadata={"help": "Also evaluate with the label channel set to 0 (mean_iou_no_label, label_gain) "
+                                        "and with another image's noised label (mean_iou_shuffled_label, "
+                                        "label_gain_shuffled)."}
     )
 
     def __post_init__(self):
@@ -82,6 +86,14 @@ class LADTeacherConfig(LabelNoiseArguments, SegmentationConfig):
             raise LADError(f"--label_channel_scale must be >= 0, got {self.label_channel_scale}")
         if self.consistency_tau <= 0 or self.consistency_weight < 0:
             raise LADError("--consistency_tau must be > 0 and --consistency_weight >= 0")
+
+
+def other_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Each image gets another image's label: the batch rolled by one, y'_n = y_{n-1}; a batch of one image gets its
+    own label rotated by 180° (another layout of the same classes). The control of `label_gain_shuffled`."""
+    if labels.shape[0] > 1:
+        return labels.roll(1, dims=0)
+    return labels.flip(-2, -1)
 
 
 class LADTeacherTrainer(LADTrainerBase):
@@ -143,9 +155,10 @@ class LADTeacherTrainer(LADTrainerBase):
         self.check_batch(model, x, y, self.image_channels)
         logits = self.teacher_logits(model, x, y, self._eval_noiser)
         extra = {}
-        if self.args.eval_label_gain:  # the same images with the label channel set to 0
+        if self.args.eval_label_gain:  # label-use controls: the label channel set to 0, another image's label
             no_label = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)
             extra["@no_label"] = self.eval_logits(model, no_label)
+            extra["@shuffled"] = self.teacher_logits(model, x, other_labels(y), self._eval_noiser)
         draws = self.args.eval_stability_draws
         if draws >= 2:
             more = [logits] + [self.teacher_logits(model, x, y, self._eval_noiser) for _ in range(draws - 1)]

@@ -1,6 +1,8 @@
-"""Shared trainer evaluation: label use (`label_gain`) and the teacher's own noise at evaluation time."""
+"""Shared trainer evaluation: label use (`label_gain`, `label_gain_shuffled`) and the teacher's own noise at evaluation time."""
 
 import json
+
+import numpy as np
 
 import pytest
 import torch
@@ -84,3 +86,63 @@ def test_evaluate_cli_uses_the_noise_the_teacher_was_trained_with(tmp_path, caps
     assert main(["evaluate", *common, "--model_name_or_path", str(teacher), "--output_dir", str(tmp_path / "ev2"),
                  "--class_noise", "true"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval_mkl"] > 1e-3
+
+
+def test_shuffled_label_gain_is_exactly_zero_for_a_teacher_that_ignores_the_label(tmp_path, tensor_dataset):
+    """Zero-init label weights: another image's label changes nothing, so both label-use measures are 0."""
+    teacher = add_label_channel(tiny_segformer(seed=2), init="zeros")
+    m = LADTeacherTrainer(model=teacher, args=trainer_args(LADTeacherConfig, tmp_path), eval_dataset=tensor_dataset).evaluate()
+    assert m["eval_label_gain_shuffled"] == 0.0
+    assert m["eval_mean_iou_shuffled_label"] == m["eval_mean_iou"]
+
+
+def _naive_miou_fed(model, ds, feed, batch_size, num_labels=4, ignore=255):
+    """mIoU (float64, explicit counts) of `model` on `ds` in batches, the label channel built by `feed(x, y)`."""
+    inter, union = np.zeros(num_labels), np.zeros(num_labels)
+    model.eval()
+    for start in range(0, len(ds), batch_size):
+        rows = [ds[i] for i in range(start, min(len(ds), start + batch_size))]
+        x, y = torch.stack([r["pixel_values"] for r in rows]), torch.stack([r["labels"] for r in rows])
+        with torch.no_grad():
+            logits = model(pixel_values=torch.cat([x, feed(x, y)], 1)).logits
+        pred = torch.nn.functional.interpolate(logits.double(), size=y.shape[-2:], mode="bilinear").argmax(1)
+        valid = y != ignore
+        for k in range(num_labels):
+            p, t = (pred == k) & valid, (y == k) & valid
+            inter[k] += (p & t).sum().item()
+            union[k] += (p | t).sum().item()
+    return float(np.mean([i / u for i, u in zip(inter, union) if u > 0]))
+
+
+def test_a_teacher_that_reads_its_label_loses_miou_with_another_images_label(tmp_path, tensor_dataset):
+    """A teacher trained on the clean label with its image mostly dropped reads the label: with another image's label
+    (`other_labels`: the batch rolled by one) its mIoU falls, and that mIoU matches a direct float64 evaluation."""
+    from lad_hf.noising import clean_codes
+    from lad_hf.trainers.teacher import other_labels
+
+    clean = dict(class_noise=False, pixel_noise=False, eval_stability_draws=0)
+    teacher = add_label_channel(tiny_segformer(seed=3), init="random", scale=1.0)
+    args = trainer_args(LADTeacherConfig, tmp_path, max_steps=400, learning_rate=2e-2, rgb_dropout=0.9, **clean)
+    tr = LADTeacherTrainer(model=teacher, args=args, train_dataset=tensor_dataset, eval_dataset=tensor_dataset)
+    tr.train()
+    m = tr.evaluate()
+    codes = clean_codes(4)
+    code_of = lambda y: codes[torch.where(y == 255, torch.full_like(y, 4), y).long()][:, None]  # noqa: E731
+    direct = _naive_miou_fed(teacher, tensor_dataset, lambda x, y: code_of(other_labels(y)), batch_size=4)
+    assert m["eval_mean_iou_shuffled_label"] == pytest.approx(direct, abs=2e-3)  # float64 vs float32 near-ties
+    assert m["eval_label_gain_shuffled"] == pytest.approx(m["eval_mean_iou"] - m["eval_mean_iou_shuffled_label"], abs=1e-12)
+    assert m["eval_label_gain_shuffled"] > 0.05, m
+    assert m["eval_label_gain"] > 0.05, m
+
+
+def test_other_labels_gives_every_image_another_layout():
+    y = torch.arange(3 * 2 * 2).view(3, 2, 2)
+    assert torch.equal(other_labels_of(y)[1], y[0]) and torch.equal(other_labels_of(y)[0], y[2])
+    one = torch.tensor([[[0, 1], [2, 3]]])
+    assert torch.equal(other_labels_of(one), torch.tensor([[[3, 2], [1, 0]]]))  # a single image: rotated 180°
+
+
+def other_labels_of(y):
+    from lad_hf.trainers.teacher import other_labels
+
+    return other_labels(y)
