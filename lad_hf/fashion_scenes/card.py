@@ -17,11 +17,11 @@ LAYOUT_TEXT = {
 }
 
 
-def dataset_card(params: dict) -> str:
+def dataset_card(params: dict, *, version: int, id2label: dict, train_backgrounds: tuple, eval_backgrounds: tuple,
+                 threshold: int) -> str:
     """The README.md dataset card of a saved fashion-scenes build with parameters `params`."""
-    from .dataset import (EVAL_BACKGROUNDS, FASHION_SCENES_ID2LABEL, SCENES_VERSION, SILHOUETTE_THRESHOLD,
-                          TRAIN_BACKGROUNDS)
-
+    SCENES_VERSION, FASHION_SCENES_ID2LABEL, SILHOUETTE_THRESHOLD = version, id2label, threshold
+    TRAIN_BACKGROUNDS, EVAL_BACKGROUNDS = train_backgrounds, eval_backgrounds
     n = params["num_train"] + params["num_validation"] + params["num_test"]
     size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10000 else "10K<n<100K"
     classes = "\n".join(f"| {k} | {v} |" for k, v in FASHION_SCENES_ID2LABEL.items())

@@ -522,7 +522,9 @@ def load_or_build_fashion_scenes(cache_dir: str | os.PathLike, **kwargs):
         (staging / "id2label.json").write_text(
             json.dumps({str(k): v for k, v in FASHION_SCENES_ID2LABEL.items()}, indent=2) + "\n"
         )
-        (staging / "README.md").write_text(dataset_card(params))
+        (staging / "README.md").write_text(dataset_card(
+            params, version=SCENES_VERSION, id2label=FASHION_SCENES_ID2LABEL, train_backgrounds=TRAIN_BACKGROUNDS,
+            eval_backgrounds=EVAL_BACKGROUNDS, threshold=SILHOUETTE_THRESHOLD))
         del dsd
         if target.exists():  # incomplete earlier attempt
             shutil.rmtree(target)
