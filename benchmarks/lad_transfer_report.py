@@ -1,0 +1,133 @@
+"""`benchmarks/lad_transfer.py --report`: tables (mean ± std over seeds) and the transfer figure from the JSON rows."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+STUDENTS = ("lad_student", "self_student", "big_student")
+NAMES = {"baseline": "baseline (= same-size plain teacher)", "lad_teacher": "LAD teacher", "lad_student": "LAD student",
+         "self_student": "self-distillation student (CWD ← baseline)", "big_teacher": "bigger plain teacher",
+         "big_student": "CWD student ← bigger teacher"}
+
+
+def load(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def setting_name(rec: dict) -> str:
+    key = json.loads(rec["key"])
+    key.pop("seed")
+    return ", ".join(f"{k}={v}" for k, v in sorted(key.items())) or "default"
+
+
+def _fmt(vals, scale=100.0, sign=False) -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    a = np.asarray(vals, dtype=float) * scale
+    s = f"{a.mean():+.1f}" if sign else f"{a.mean():.1f}"
+    return s + (f" ± {a.std(ddof=1):.1f}" if len(a) > 1 else "")
+
+
+def _ratio(vals) -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    a = np.asarray(vals, dtype=float)
+    return f"{a.mean():.2f}" + (f" ± {a.std(ddof=1):.2f}" if len(a) > 1 else "")
+
+
+def group(records: list) -> dict:
+    out = defaultdict(list)
+    for r in records:
+        out[(r["plan"], setting_name(r))].append(r)
+    return out
+
+
+def setting_table(recs: list, split: str) -> str:
+    """One setting: every model's mIoU, gain over the baseline, label gains, mKL, oracle, band accuracy, ratio."""
+    lines = [f"| model ({split}) | mIoU | − baseline | label gain (ŷ=0 / shuffled) | mKL×100 | segment oracle | "
+             "acc. boundary band / interior | transfer ratio |", "|---|---|---|---|---|---|---|---|"]
+    models = [m for m in NAMES if all(m in r["rows"] for r in recs)]
+    for m in models:
+        rows = [r["rows"][m][split] for r in recs]
+        base = [r["rows"]["baseline"][split]["mean_iou"] for r in recs]
+        gain = "–" if m == "baseline" else _fmt([x["mean_iou"] - b for x, b in zip(rows, base)], sign=True)
+        lg = "–"
+        if "label_gain" in rows[0]:
+            lg = f"{_fmt([x['label_gain'] for x in rows], sign=True)} / {_fmt([x.get('label_gain_shuffled') for x in rows], sign=True)}"
+        mkl = _fmt([x.get("mkl_x100") for x in rows], scale=1.0) if "mkl_x100" in rows[0] else "–"
+        ratio = _ratio([r["transfer"][split].get(m, {}).get("ratio") for r in recs]) if m in STUDENTS else "–"
+        lines.append(f"| {NAMES[m]} | {_fmt([x['mean_iou'] for x in rows])} | {gain} | {lg} | {mkl} | "
+                     f"{_fmt([x['oracle_mean_iou'] for x in rows])} | {_fmt([x['acc_band'] for x in rows])} / "
+                     f"{_fmt([x['acc_interior'] for x in rows])} | {ratio} |")
+    return "\n".join(lines)
+
+
+def summary_table(groups: dict, split: str) -> str:
+    """One line per setting: teacher lead, label gains, and each student's gain over the baseline."""
+    lines = [f"| plan | setting | seeds | LAD teacher − baseline | label gain (ŷ=0 / shuffled) | LAD student | "
+             f"self-distillation | bigger-teacher CWD | LAD − self ({split}) |", "|---|---|---|---|---|---|---|---|---|"]
+    for (plan, name), recs in sorted(groups.items()):
+        def gains(m):
+            return [r["rows"][m][split]["mean_iou"] - r["rows"]["baseline"][split]["mean_iou"] for r in recs if m in r["rows"]]
+
+        t = [r["rows"]["lad_teacher"][split] for r in recs]
+        diff = [r["rows"]["lad_student"][split]["mean_iou"] - r["rows"]["self_student"][split]["mean_iou"]
+                for r in recs if "self_student" in r["rows"]]
+        lines.append(f"| {plan} | {name} | {len(recs)} | {_fmt(gains('lad_teacher'), sign=True)} | "
+                     f"{_fmt([x['label_gain'] for x in t], sign=True)} / {_fmt([x.get('label_gain_shuffled') for x in t], sign=True)} | "
+                     f"{_fmt(gains('lad_student'), sign=True)} | {_fmt(gains('self_student'), sign=True)} | "
+                     f"{_fmt(gains('big_student'), sign=True)} | {_fmt(diff, sign=True)} |")
+    return "\n".join(lines)
+
+
+def figure(records: list, path: Path) -> None:
+    """Student gain against teacher gain (validation), one point per student run, coloured by teacher kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"lad_student": ("tab:red", "LAD teacher"), "self_student": ("tab:grey", "same-size plain (self)"),
+               "big_student": ("tab:blue", "bigger plain teacher")}
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for m, (c, label) in colours.items():
+        pts = [(r["transfer"]["validation"][m]["teacher_lead"], r["transfer"]["validation"][m]["gain"])
+               for r in records if m in r["transfer"]["validation"]]
+        if pts:
+            x, y = zip(*pts)
+            ax.scatter(100 * np.asarray(x), 100 * np.asarray(y), c=c, label=label, s=22, alpha=0.8)
+    lim = ax.get_xlim()
+    ax.plot(lim, lim, "k:", lw=0.8, label="ratio 1")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(xlabel="teacher − baseline (val mIoU points)", ylabel="student − baseline (val mIoU points)",
+           title="Transfer on fashion-scenes (one point per run)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(json_path: Path) -> None:
+    records = load(json_path)
+    groups = group(records)
+    students = [r for r in records if "lad_student" in r["rows"]]
+    parts = ["# LAD transfer on fashion-scenes: the student's gain against its controls", "",
+             f"Generated by `python benchmarks/lad_transfer.py --report` from `{json_path.name}` "
+             f"({len(records)} cells). Each cell's command, machine and date are in its JSON row.", "",
+             "## Summary (validation: every choice is made here)", "", summary_table(
+                 {k: v for k, v in groups.items() if any("lad_student" in r["rows"] for r in v)}, "validation"), "",
+             "## Summary (test: reported, never used to choose)", "", summary_table(
+                 {k: v for k, v in groups.items() if any("lad_student" in r["rows"] for r in v)}, "test"), ""]
+    for (plan, name), recs in sorted(groups.items()):
+        parts += [f"## {plan}: {name} ({len(recs)} seed{'s' if len(recs) > 1 else ''})", "",
+                  setting_table(recs, "validation"), "", setting_table(recs, "test"), ""]
+    json_path.with_suffix(".md").write_text("\n".join(parts))
+    json_path.with_suffix(".json").write_text(json.dumps(records, indent=1, default=float) + "\n")
+    if students:
+        figure(students, json_path.with_suffix(".png"))
