@@ -90,7 +90,7 @@ def main(argv=None) -> int:
                 loaded[regime] = load_data(regime, args)
             print(f"[{datetime.datetime.now():%H:%M:%S}] cell {key}", flush=True)
             start = time.perf_counter()
-            rows = run_cell(loaded[regime], setting, seed, cache, teachers_only=args.plan == "accept",
+            rows, _ = run_cell(loaded[regime], setting, seed, cache, teachers_only=args.plan == "accept",
                             log=lambda m: print(m, flush=True))
             rec = {"key": key, "plan": args.plan, "seed": seed, "setting": {**DEFAULT, **setting}, "rows": rows,
                    "transfer": {sp: transfer_ratios(rows, sp) for sp in ("validation", "test")},

@@ -1,19 +1,20 @@
-"""`make demo`: LAD on fashion-scenes, end to end, on a CPU-sized schedule.
+"""`make demo`: LAD on fashion-scenes, end to end, with its controls, on a CPU-sized schedule.
 
     python -m lad_hf.fashion_scenes.demo --output_dir outputs/demo          # <= ~15 minutes on 2 CPU cores, dataset build included
     python -m lad_hf.fashion_scenes.demo --output_dir /tmp/d --tiny         # seconds (smoke test)
 
-Builds (or loads from `--cache_dir`) the fashion-scenes dataset, by default in its blurred regime (images blurred
-with σ 2.5 px, masks sharp), then trains with the library's trainers:
+Builds (or loads from `--cache_dir`) fashion-scenes in the preset's regime, then trains one cell of the transfer
+study (`lad_hf.fashion_scenes.transfer`) with the library's trainers:
 
-1. the **baseline student** (UperNet on a small ResNet, plain supervised),
-2. the **LAD teacher** (the student's architecture + the noised label channel, dual-path consistency, RGB dropout
-   0.3 as an extension) and the **LAD student** distilled from it,
-3. a **plain teacher** 2-3x bigger and the **CWD student** distilled from it (conventional distillation),
+1. the **baseline student**, which is also the same-size plain teacher of the **self-distillation** control,
+2. the **LAD teacher** (the student's architecture + the noised label channel, dual-path consistency),
+3. a **bigger plain teacher**,
+4. three students distilled with CE + μ·CWD: the **LAD student**, the **self-distillation student** (teacher: the
+   baseline) and the **CWD student** (teacher: the bigger plain teacher),
 
-evaluates on the test split (the teacher also with its label channel set to 0: its label gain) and writes
-`results.md`, `results.json` and `figure.png` (image | ground truth | baseline | LAD student | teacher with noised
-label) into `--output_dir`. `--preset sharp-segformer` runs the previous default (sharp images, SegFormer-tiny).
+evaluates them on validation and test (teachers also with the label channel set to 0 and with another image's
+label: both label gains), gives each student its transfer ratio (student − baseline) / (teacher − baseline), and
+writes `results.md`, `results.json` and `figure.png` into `--output_dir`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -33,53 +34,19 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import numpy as np
 
-SIZES = {
-    # CPU demo: fits ~15 minutes on 2 cores with the dataset build (see benchmarks/results/demo_cpu.md).
-    # The blurred regime (images blurred with σ 2.5 px, masks sharp) with conv + BatchNorm models (UperNet on a small
-    # ResNet): the setting where the LAD teacher reads its label (label gain >= +3 and the teacher above the baseline
-    # on VALIDATION, benchmarks/results/label_use.md). Without RGB dropout 1 of 3 seeds of the library's teacher read
-    # it in 1600 steps; with RGB dropout 0.3 (an extension beyond the paper) 2 of 2. lr 3e-3 was chosen on validation
-    # by the study; steps, batch and scenes are the previous default's; the test split played no part in any choice.
-    "default": dict(canvas_size=64, num_train=6000, num_validation=300, num_test=500, steps=1600, batch_size=16,
-                    student="cnn-tiny", teacher="cnn-small", lr=3e-3, blur_sigma=2.5, rgb_dropout=0.3),
-    # the previous default: sharp images, SegFormer-tiny models (the teacher ignores its label here: label gain ~0)
-    "sharp-segformer": dict(canvas_size=64, num_train=6000, num_validation=300, num_test=500, steps=1600, batch_size=16,
-                            student="tiny", teacher="small", lr=1e-2, blur_sigma=0.0),
+_DATA = dict(canvas_size=64, num_train=6000, num_validation=300, num_test=500)
+PRESETS = {
+    # the blurred regime (images blurred with σ 2.5 px, masks sharp), conv + BatchNorm models; RGB dropout 0.3 for the
+    # LAD teacher (an extension beyond the paper). The previous default.
+    "blurred": dict(_DATA, setting=dict(regime="blurred", rgb_dropout=0.3, label_channel_init="random",
+                                        label_channel_scale=1.0)),
+    # the mosaic regime: canvases tiled by 10-30 touching regions whose class shows only in texture statistics
+    "mosaic": dict(_DATA, setting=dict(regime="mosaic")),
     # smoke test: seconds
-    "tiny": dict(canvas_size=64, num_train=32, num_validation=8, num_test=8, steps=2, batch_size=4,
-                 student="cnn-tiny", teacher="cnn-small", lr=5e-3, blur_sigma=2.5),
+    "tiny": dict(canvas_size=64, num_train=32, num_validation=8, num_test=8,
+                 setting=dict(regime="blurred", steps=2, batch_size=4)),
 }
-
-# Short probes of the baseline student (SegFormer preset, canvas px, train scenes, batch, steps, AdamW lr) with its
-# validation mIoU (%) and training seconds (1 torch thread, two probes side by side on the 2-core demo machine, so
-# the seconds are only comparable with each other). Linear decay, 5% warmup, seed 0, as in the demo.
-SCHEDULE_PROBES = [
-    # (preset, canvas, num_train, batch, steps, lr, val mIoU %, train s)
-    ("tiny", 64, 3000, 16, 400, 5e-3, 8.8, None),  # the previous default (its demo run; val mIoU from results.md)
-    ("tiny", 64, 3000, 16, 400, 1e-3, 7.5, 62),
-    ("tiny", 64, 3000, 16, 400, 2e-3, 8.3, 60),
-    ("tiny", 64, 3000, 16, 1000, 2e-3, 10.7, 138),
-    ("tiny", 64, 3000, 16, 1000, 5e-3, 15.7, 140),
-    ("tiny", 64, 3000, 16, 1000, 1e-2, 17.5, 103),
-    ("tiny", 64, 3000, 16, 1000, 2e-2, 12.7, 110),
-    ("tiny", 64, 3000, 8, 2000, 5e-3, 17.3, 116),
-    ("tiny", 64, 3000, 8, 2000, 1e-2, 18.1, 134),
-    ("small", 64, 3000, 16, 1000, 1e-2, 16.3, 188),
-    ("tiny", 64, 3000, 16, 1500, 1e-2, 20.7, 196),
-    ("tiny", 80, 3000, 16, 1000, 1e-2, 16.7, 123),
-    ("tiny", 64, 6000, 16, 1500, 1e-2, 22.4, 143),  # chosen (run for 1600 steps: what fits the 15-minute budget)
-    ("tiny", 64, 6000, 16, 1500, 1.5e-2, 20.9, 127),
-    ("tiny", 64, 10000, 16, 1500, 1e-2, 20.9, 109),
-]
-
-
-def probes_markdown() -> str:
-    lines = ["| student preset | canvas px | train scenes | batch | steps | lr | baseline val mIoU | train s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for preset, canvas, n, bs, steps, lr, miou, secs in SCHEDULE_PROBES:
-        lines.append(f"| {preset} | {canvas} | {n} | {bs} | {steps} | {lr:g} | {miou:.1f} | "
-                     f"{'-' if secs is None else secs} |")
-    return "\n".join(lines)
+DEFAULT_PRESET = "blurred"
 
 
 def free_cores() -> int:
@@ -139,22 +106,48 @@ def save_figure(path: Path, images: List[np.ndarray], columns: Dict[str, List[np
     plt.close(fig)
 
 
-def _pct(x: Optional[float]) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
+NAMES = {"baseline": "baseline student (= same-size plain teacher)", "lad_teacher": "LAD teacher (noised label input)",
+         "lad_student": "LAD student", "self_student": "self-distillation student (CWD ← baseline)",
+         "big_teacher": "bigger plain teacher", "big_student": "CWD student ← bigger plain teacher"}
+ORDER = ("baseline", "lad_teacher", "lad_student", "self_student", "big_teacher", "big_student")
 
 
-def markdown_table(rows: List[dict]) -> str:
-    lines = ["| model | params | test mIoU | val mIoU | label gain (test) | segment-oracle test mIoU | teacher test mIoU "
-             "| mKL×100 | train s |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        mkl, gain = r.get("test_mkl_x100"), r.get("test_label_gain")
-        lines.append(
-            f"| {r['name']} | {r['params_m']:.2f}M | {_pct(r['test_miou'])} | {_pct(r['val_miou'])} | "
-            f"{'-' if gain is None else f'{100 * gain:+.1f}'} | "
-            f"{_pct(r.get('oracle_test_miou'))} | {_pct(r.get('teacher_test_miou'))} | "
-            f"{'-' if mkl is None else f'{mkl:.2f}'} | {r['train_s']:.0f} |"
-        )
+def _pct(x, sign=False) -> str:
+    return "–" if x is None else (f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}")
+
+
+def markdown_table(rows: Dict[str, dict], transfer: Dict[str, dict]) -> str:
+    """One line per model: mIoU (test, val), gain over the baseline, label gains, mKL, oracle, transfer ratio."""
+    lines = ["| model | params | test mIoU | val mIoU | − baseline (test / val) | label gain ŷ=0 / shuffled (test) | "
+             "mKL×100 | segment oracle (test) | transfer ratio (test / val) | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    base = {sp: rows["baseline"][sp]["mean_iou"] for sp in ("test", "validation")}
+    for name in ORDER:
+        r = rows[name]
+        t, v = r["test"], r["validation"]
+        gain = "–" if name == "baseline" else f"{_pct(t['mean_iou'] - base['test'], True)} / " \
+                                              f"{_pct(v['mean_iou'] - base['validation'], True)}"
+        labels = (f"{_pct(t['label_gain'], True)} / {_pct(t['label_gain_shuffled'], True)}" if "label_gain" in t else "–")
+        ratio = "–"
+        if name in transfer["test"]:
+            ratio = " / ".join("–" if transfer[sp][name]["ratio"] is None else f"{transfer[sp][name]['ratio']:.2f}"
+                               for sp in ("test", "validation"))
+        mkl = f"{t['mkl_x100']:.2f}" if "mkl_x100" in t else "–"
+        lines.append(f"| {NAMES[name]} | {r['params'] / 1e6:.2f}M | {_pct(t['mean_iou'])} | {_pct(v['mean_iou'])} | "
+                     f"{gain} | {labels} | {mkl} | {_pct(t['oracle_mean_iou'])} | {ratio} | {r['train_s']:.0f} |")
     return "\n".join(lines)
+
+
+def verdict(rows: Dict[str, dict]) -> str:
+    """Does the LAD student beat the self-distillation control and the bigger-teacher CWD student?"""
+    def diff(a, b, sp):
+        return rows[a][sp]["mean_iou"] - rows[b][sp]["mean_iou"]
+
+    return (f"LAD student − self-distillation student: {_pct(diff('lad_student', 'self_student', 'validation'), True)} "
+            f"(validation), {_pct(diff('lad_student', 'self_student', 'test'), True)} (test); LAD student − CWD "
+            f"student from the bigger teacher: {_pct(diff('lad_student', 'big_student', 'validation'), True)} "
+            f"(validation), {_pct(diff('lad_student', 'big_student', 'test'), True)} (test). One seed: differences "
+            "below about 1 point are within seed-to-seed noise (benchmarks/results/lad_transfer.md has 3 seeds).")
 
 
 def parse_args(argv=None):
@@ -163,24 +156,30 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default="outputs/demo")
     p.add_argument("--cache_dir", default="outputs/cache", help="where the built dataset is cached")
     p.add_argument("--tiny", action="store_true", help="few scenes and steps: a smoke test that runs in seconds")
-    p.add_argument("--preset", default="default", choices=sorted(SIZES), help="a named setting (default: the blurred "
-                                                                              "regime with conv + BatchNorm models)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default 1600; --tiny 2)")
-    p.add_argument("--num_train", type=int, default=None)
-    p.add_argument("--canvas_size", type=int, default=None)
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help=f"a named regime and setting (default {DEFAULT_PRESET})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the preset's, 3e-3; --tiny 5e-3)")
-    p.add_argument("--batch_size", type=int, default=None, help="training batch size (default 16; --tiny 4)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: cores idle right now)")
-    p.add_argument("--fashion_mnist_dir", default=None)
-    p.add_argument("--blur_sigma", type=float, default=None, help="the blurred regime: Gaussian blur of the images, px")
-    p.add_argument("--student", default=None, help="student preset (SegFormer tiny/small/..., or cnn-tiny/cnn-small)")
-    p.add_argument("--lad_teacher", default=None, help="preset of the LAD teacher (default: the student's)")
-    p.add_argument("--plain_teacher", default=None, help="preset of the bigger plain teacher of the CWD student")
-    p.add_argument("--teacher_lr", type=float, default=None, help="learning rate of the LAD teacher (default: --lr)")
-    p.add_argument("--rgb_dropout", type=float, default=None, help="LAD teacher: zero the image of this fraction "
-                                                                    "of training samples (an extension)")
+    p.add_argument("--set", default="{}", help="JSON object of setting overrides, e.g. '{\"steps\": 800, "
+                                                "\"rgb_dropout\": 0}' (keys: lad_hf.fashion_scenes.transfer.DEFAULT)")
     return p.parse_args(argv)
+
+
+def _figure(out_dir: Path, dsd, data, models, setting, seed: int) -> None:
+    from . import experiments as E
+    from .transfer import _spec
+
+    n = min(4, len(dsd["test"]))
+    batch = data.collator([data.test[i] for i in range(n)])
+    noiser = E.make_noiser(data.num_labels, _spec(setting, seed), seed=seed + 1)
+    cols = {"ground truth": [np.asarray(dsd["test"][i]["label"], dtype=np.int64) for i in range(n)]}
+    for name, title in (("baseline", "baseline"), ("lad_student", "LAD student"), ("self_student", "self-distilled"),
+                        ("lad_teacher", "teacher (noised label)")):
+        model = models[name]
+        pred = E._predict(model, batch, next(model.parameters()).device, noiser if name == "lad_teacher" else None)
+        cols[title] = list(pred.cpu().numpy())
+    images = [np.asarray(dsd["test"][i]["image"].convert("RGB")) for i in range(n)]
+    save_figure(out_dir / "figure.png", images, cols, data.num_labels)
 
 
 def main(argv=None) -> int:
@@ -189,23 +188,15 @@ def main(argv=None) -> int:
 
     from . import experiments as E
     from .dataset import FASHION_SCENES_ID2LABEL, load_or_build_fashion_scenes
+    from .transfer import DEFAULT, REGIMES, Cache, run_cell, transfer_ratios
 
-    if args.tiny and args.preset != "default":
-        raise SystemExit("error: --tiny is its own preset; pass either --tiny or --preset")
-    sz = dict(SIZES["tiny" if args.tiny else args.preset])
-    for key in ("steps", "num_train", "canvas_size", "lr", "batch_size", "blur_sigma", "student", "lad_teacher",
-                "plain_teacher", "teacher_lr", "rgb_dropout"):
-        if getattr(args, key) is not None:
-            sz[key] = getattr(args, key)
-    sz.setdefault("blur_sigma", 0.0)
-    sz.setdefault("lad_teacher", sz["student"])
-    sz.setdefault("plain_teacher", sz.get("teacher", "small"))
-    sz.setdefault("teacher_lr", sz["lr"])
-    sz.setdefault("rgb_dropout", 0.0)
-    if torch.cuda.is_available():
-        threads = torch.get_num_threads()
-    else:
-        threads = E.set_threads(args.threads or (free_cores() if not args.tiny else None))
+    preset = PRESETS["tiny" if args.tiny else args.preset]
+    setting = {**preset["setting"], **json.loads(args.set)}
+    unknown = sorted(set(setting) - set(DEFAULT))
+    if unknown:
+        raise SystemExit(f"error: --set keys {unknown} are not settings; choose from {sorted(DEFAULT)}")
+    threads = torch.get_num_threads() if torch.cuda.is_available() else E.set_threads(
+        args.threads or (free_cores() if not args.tiny else None))
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -213,114 +204,43 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[demo {time.perf_counter() - start:5.0f}s] {msg}", flush=True)
 
-    dsd = load_or_build_fashion_scenes(args.cache_dir, num_train=sz["num_train"], num_validation=sz["num_validation"],
-                                       num_test=sz["num_test"], canvas_size=sz["canvas_size"], seed=0,
-                                       fashion_mnist_dir=args.fashion_mnist_dir, blur_sigma=sz["blur_sigma"])
+    data_opts = {k: preset[k] for k in ("canvas_size", "num_train", "num_validation", "num_test")}
+    dsd = load_or_build_fashion_scenes(args.cache_dir, seed=0, **data_opts, **REGIMES[setting["regime"]])
     build_s = time.perf_counter() - start
-    log(f"fashion-scenes ready: {', '.join(f'{k} {len(v)}' for k, v in dsd.items())} ({sz['canvas_size']} px); "
+    log(f"fashion-scenes ({setting['regime']}) ready: {', '.join(f'{k} {len(v)}' for k, v in dsd.items())}; "
         f"{threads} torch threads")
-    data = E.prepare_data(dsd, sz["canvas_size"], id2label=FASHION_SCENES_ID2LABEL)
-    base = E.RunSpec(model=sz["student"], steps=sz["steps"], batch_size=sz["batch_size"], lr=sz["lr"], seed=args.seed,
-                     eval_batch_size=64)
-    rows: List[dict] = []
-    n_fig = min(4, len(dsd["test"]))
-
-    def student_row(name, model, trainer, seconds, **extra):
-        ev = E.evaluate_plain(trainer, data)
-        orc = E.oracle_and_predictions(model, data, "test", keep=n_fig)
-        row = {"name": name, "params_m": E.count_parameters(model) / 1e6, "test_miou": ev["test"]["mean_iou"],
-               "val_miou": ev["validation"]["mean_iou"], "oracle_test_miou": orc["oracle_mean_iou"],
-               "per_class_test_iou": ev["test"]["per_class_iou"], "train_s": seconds, **extra}
-        rows.append(row)
-        log(f"{name}: test mIoU {100 * row['test_miou']:.1f} (oracle {100 * row['oracle_test_miou']:.1f})")
-        return orc["predictions"]
-
-    log(f"1/5 baseline student ({sz['student']}), {sz['steps']} steps")
-    m, tr, s = E.train_plain(data, base)
-    baseline_preds = student_row("baseline student", m, tr, s)
-
-    rgb_note = f", RGB dropout {sz['rgb_dropout']:g}" if sz["rgb_dropout"] else ""
-    tspec = base.replace(model=sz["lad_teacher"], lr=sz["teacher_lr"], rgb_dropout=sz["rgb_dropout"])
-    log(f"2/5 LAD teacher ({sz['lad_teacher']} + label channel, σ={base.label_sigma}, dual path"
-        f"{rgb_note})")
-    teacher, ttr, ts = E.train_lad_teacher(data, tspec)
-    tev = E.evaluate_plain(ttr, data)
-    noiser = E.make_noiser(data.num_labels, base, seed=args.seed + 1)
-    teacher_preds = list(E.predict_teacher(teacher, data, noiser, "test", n_fig))
-    rows.append({"name": "LAD teacher (noised label input)", "params_m": E.count_parameters(teacher) / 1e6,
-                 "test_miou": tev["test"]["mean_iou"], "val_miou": tev["validation"]["mean_iou"],
-                 "test_mkl_x100": tev["test"].get("mkl_x100"), "per_class_test_iou": tev["test"]["per_class_iou"],
-                 "test_label_gain": tev["test"].get("label_gain"), "test_miou_no_label": tev["test"].get("mean_iou_no_label"),
-                 "val_label_gain": tev["validation"].get("label_gain"),
-                 "train_s": ts})
-    log(f"LAD teacher: test mIoU {100 * rows[-1]['test_miou']:.1f} (label channel set to 0: "
-        f"{100 * rows[-1]['test_miou_no_label']:.1f}, label gain {100 * rows[-1]['test_label_gain']:+.1f}), "
-        f"mKL×100 {rows[-1]['test_mkl_x100']:.2f}")
-
-    log("3/5 LAD student")
-    m, tr, s = E.train_student(data, base, teacher)
-    lad_preds = student_row("LAD student", m, tr, s, teacher_test_miou=tev["test"]["mean_iou"])
-
-    log(f"4/5 plain teacher ({sz['plain_teacher']}, 3-channel)")
-    pteacher, ptr, pts = E.train_plain(data, base.replace(model=sz["plain_teacher"]))
-    pev = E.evaluate_plain(ptr, data)
-    log(f"plain teacher: test mIoU {100 * pev['test']['mean_iou']:.1f}")
-    log("5/5 CWD student from the plain teacher")
-    m, tr, s = E.train_student(data, base, pteacher)
-    student_row(f"CWD student (teacher: plain {sz['plain_teacher']})", m, tr, s, teacher_test_miou=pev["test"]["mean_iou"],
-                teacher_params_m=E.count_parameters(pteacher) / 1e6, teacher_train_s=pts)
-
-    order = ["baseline student", "LAD teacher (noised label input)", "LAD student"]
-    rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    data = E.prepare_data(dsd, preset["canvas_size"], id2label=FASHION_SCENES_ID2LABEL)
+    rows, models = run_cell(data, setting, args.seed, Cache(), log=log)
+    transfer = {sp: transfer_ratios(rows, sp) for sp in ("validation", "test")}
+    _figure(out_dir, dsd, data, models, setting, args.seed)
     total_s = time.perf_counter() - start
-    info = E.machine_info()
-    table = markdown_table(rows)
-    md = "\n".join([
-        "# LAD demo on fashion-scenes", "",
-        f"- data: fashion-scenes {sz['canvas_size']} px, train {len(dsd['train'])} / validation "
-        f"{len(dsd['validation'])} / test {len(dsd['test'])} (layouts and masks composed, pixels real)"
-        + (f"; blurred regime: images blurred with σ = {sz['blur_sigma']:g} px" if sz["blur_sigma"] else ""),
-        f"- schedule: {sz['steps']} steps × batch {sz['batch_size']} per model, AdamW {sz['lr']} (LAD teacher "
-        f"{sz['teacher_lr']}), random init; student {sz['student']}, LAD teacher {sz['lad_teacher']}, plain teacher "
-        f"{sz['plain_teacher']}; σ=0.01, λ=1, μ=3, τ=4"
-        + (f"; LAD teacher RGB dropout {sz['rgb_dropout']:g} (an extension beyond the paper)" if sz["rgb_dropout"] else ""),
-        f"- machine: {info['device']}, {threads} torch threads, torch {info['torch']}, transformers "
-        f"{info['transformers']}", f"- wall time: {total_s:.0f} s (dataset {build_s:.0f} s)", "",
-        "mIoU in % on the test split. The teacher is evaluated with a noised label as input (seeded draw); its label "
-        "gain is its mIoU minus its mIoU with the label channel set to 0 (0 when it ignores the label). "
-        "Segment oracle: the model's prediction replaced by its majority vote inside each ground-truth segment.", "",
-        table, "",
-        "## How the default setting was chosen", "",
-        ("" if all(sz.get(k) == v for k, v in SIZES["default"].items()) else
-         "**This run does not use the default setting** (its own is in the schedule line above). ")
-        + "The default is the **blurred regime** (images blurred with σ = {blur_sigma:g} px, masks sharp) with conv + "
-        "BatchNorm models (UperNet on a small ResNet: student {student}, plain teacher {teacher}), AdamW lr {lr:g}. "
-        "It was chosen on the **validation split only**: it is the setting of the label-use study "
-        "(`benchmarks/results/label_use.md`) where the LAD teacher reads its label (label gain >= +3 and the teacher "
-        "above the baseline on validation). On sharp images SegFormer-tiny teachers ignore the label (label gain ~0; "
-        "`--preset sharp-segformer` runs that previous default). The LAD teacher trains with RGB dropout {rgb_dropout:g} "
-        "(its image channels are zeroed for that fraction of training samples; an extension beyond the paper): on "
-        "validation, without it 1 of 3 seeds of this teacher read the label within 1600 steps, with it 2 of 2 "
-        "(`benchmarks/results/label_use.md`). ".format(**SIZES["default"])
-        + "Steps, batch and scenes are the previous default's ({num_train} train scenes, batch {batch_size}, "
-        "{steps} steps), chosen by short probes of the SegFormer baseline on validation (validation mIoU %, 1 torch "
-        "thread, two probes side by side):".format(**SIZES["default"]),
-        "", probes_markdown(), ""])
+    md = results_markdown(rows, transfer, {**DEFAULT, **setting}, data_opts, E.machine_info(), threads, total_s,
+                          build_s, args)
     (out_dir / "results.md").write_text(md)
     (out_dir / "results.json").write_text(json.dumps({
-        "rows": rows, "wall_time_s": total_s, "dataset_build_s": build_s, "sizes": sz, "machine": info,
-        "threads": threads, "schedule_probes_validation": [
-            dict(zip(("student", "canvas_size", "num_train", "batch_size", "steps", "lr", "val_miou_pct",
-                      "train_s"), p)) for p in SCHEDULE_PROBES]}, indent=1, default=float))
-    raw = dsd["test"]
-    images = [np.asarray(raw[i]["image"].convert("RGB")) for i in range(n_fig)]
-    gts = [np.asarray(raw[i]["label"], dtype=np.int64) for i in range(n_fig)]
-    save_figure(out_dir / "figure.png", images, {"ground truth": gts, "baseline": baseline_preds,
-                                                 "LAD student": lad_preds, "teacher (noised label)": teacher_preds},
-                data.num_labels)
+        "rows": rows, "transfer": transfer, "setting": {**DEFAULT, **setting}, "data": data_opts, "seed": args.seed,
+        "wall_time_s": total_s, "dataset_build_s": build_s, "machine": E.machine_info(), "threads": threads},
+        indent=1, default=float))
     print(md)
     log(f"wrote {out_dir / 'results.md'}, results.json, figure.png")
     return 0
+
+
+def results_markdown(rows, transfer, setting, data_opts, info, threads, total_s, build_s, args) -> str:
+    changed = {k: v for k, v in setting.items() if k not in ("regime",)}
+    return "\n".join([
+        "# LAD demo on fashion-scenes, with its controls", "",
+        f"- data: fashion-scenes **{setting['regime']}** regime, {data_opts['canvas_size']} px, train "
+        f"{data_opts['num_train']} / validation {data_opts['num_validation']} / test {data_opts['num_test']} "
+        "(layouts and masks composed, pixels real)",
+        f"- setting: {json.dumps(changed)}", f"- seed {args.seed}; machine: {info['device']}, {threads} torch "
+        f"threads, torch {info['torch']}, transformers {info['transformers']}",
+        f"- wall time: {total_s:.0f} s (dataset {build_s:.0f} s)", "",
+        "mIoU in %. The teacher is evaluated with a noised label (seeded draw); its label gains are its mIoU minus its "
+        "mIoU with the label channel set to 0, and minus its mIoU with another image's noised label (both 0 when it "
+        "ignores the label). Transfer ratio = (student − baseline) / (teacher − baseline); the self-distillation "
+        "student's teacher is the baseline itself. Segment oracle: the prediction replaced by its majority vote inside "
+        "each ground-truth segment.", "", markdown_table(rows, transfer), "", verdict(rows), ""])
 
 
 if __name__ == "__main__":

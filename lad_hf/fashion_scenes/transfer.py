@@ -123,42 +123,41 @@ class Cache:
         return self.models[key]
 
 
-def run_cell(data, setting: dict, seed: int, cache: Cache, teachers_only: bool = False, log=print) -> dict:
+STUDENT_KEYS = ("distill_weight", "distill_tau", "distill_loss", "fixed_class_encoding")
+
+
+def run_cell(data, setting: dict, seed: int, cache: Cache, teachers_only: bool = False, log=print):
+    """Train and evaluate one cell; returns `(rows, models)`, both keyed by model name (module docstring)."""
     s = {**DEFAULT, **setting}
     spec = _spec(setting, seed)
-    rows = {}
-
-    def timed(name, fn):
-        t = time.perf_counter()
-        out = fn()
-        log(f"  {name}: {time.perf_counter() - t:.0f} s")
-        return out
-
-    base_key = ("baseline", s["regime"], s["student"], s["steps"], s["lr"], s["batch_size"], seed)
-    bm, btr, bs = cache.get(base_key, lambda: timed("baseline", lambda: E.train_plain(data, spec)))
-    rows["baseline"] = {**_evaluate(btr, bm, data), "train_s": bs, "params": E.count_parameters(bm)}
-    tkey = ("lad_teacher",) + tuple(s[k] for k in TEACHER_KEYS) + (seed,)
-    tm, ttr, ts = cache.get(tkey, lambda: timed("lad_teacher", lambda: E.train_lad_teacher(data, spec)))
-    noiser = E.make_noiser(data.num_labels, spec, seed=seed + 1)
-    rows["lad_teacher"] = {**_evaluate(ttr, tm, data, noiser), "train_s": ts, "params": E.count_parameters(tm)}
-    if teachers_only:
-        big_key = ("big", s["regime"], s["big_teacher"], s["steps"], s["lr"], s["batch_size"], seed)
-        gm, gtr, gs = cache.get(big_key, lambda: timed("big_teacher", lambda: E.train_plain(data, spec.replace(model=s["big_teacher"]))))
-        rows["big_teacher"] = {**_evaluate(gtr, gm, data), "train_s": gs, "params": E.count_parameters(gm)}
-        return rows
-    sm, s_tr, ss = timed("lad_student", lambda: E.train_student(data, spec, tm))
-    rows["lad_student"] = {**_evaluate(s_tr, sm, data), "train_s": ss, "teacher": "lad_teacher"}
-    student_keys = ("distill_weight", "distill_tau", "distill_loss", "fixed_class_encoding")
-    self_key = ("self",) + base_key + tuple(s[k] for k in student_keys)
-    xm, xtr, xs = cache.get(self_key, lambda: timed("self_student", lambda: E.train_student(data, spec, bm)))
-    rows["self_student"] = {**_evaluate(xtr, xm, data), "train_s": xs, "teacher": "baseline"}
-    big_key = ("big", s["regime"], s["big_teacher"], s["steps"], s["lr"], s["batch_size"], seed)
-    gm, gtr, gs = cache.get(big_key, lambda: timed("big_teacher", lambda: E.train_plain(data, spec.replace(model=s["big_teacher"]))))
-    rows["big_teacher"] = {**_evaluate(gtr, gm, data), "train_s": gs, "params": E.count_parameters(gm)}
-    big_student_key = ("big_student",) + big_key + tuple(s[k] for k in student_keys)
-    hm, htr, hs = cache.get(big_student_key, lambda: timed("big_student", lambda: E.train_student(data, spec, gm)))
-    rows["big_student"] = {**_evaluate(htr, hm, data), "train_s": hs, "teacher": "big_teacher"}
-    return rows
+    run = (s["regime"], s["steps"], s["lr"], s["batch_size"], seed)
+    teacher = tuple(s[k] for k in TEACHER_KEYS) + (seed,)
+    student = tuple(s[k] for k in STUDENT_KEYS)
+    big = spec.replace(model=s["big_teacher"])
+    plan = [  # (name, what determines the model, how to train it from the models before it, its teacher)
+        ("baseline", ("plain", s["student"]) + run, lambda m: E.train_plain(data, spec), None),
+        ("lad_teacher", ("lad",) + teacher, lambda m: E.train_lad_teacher(data, spec), None),
+        ("big_teacher", ("plain", s["big_teacher"]) + run, lambda m: E.train_plain(data, big), None),
+        ("lad_student", ("lad_student",) + teacher + student, lambda m: E.train_student(data, spec, m["lad_teacher"]),
+         "lad_teacher"),
+        ("self_student", ("self_student", s["student"]) + run + student,
+         lambda m: E.train_student(data, spec, m["baseline"]), "baseline"),
+        ("big_student", ("big_student", s["big_teacher"]) + run + student,
+         lambda m: E.train_student(data, spec, m["big_teacher"]), "big_teacher"),
+    ]
+    rows, models = {}, {}
+    for name, key, train, teacher_name in plan:
+        if teachers_only and teacher_name:
+            continue
+        start = time.perf_counter()
+        model, trainer, seconds = cache.get(key, lambda: train(models))
+        log(f"  {name}: {time.perf_counter() - start:.0f} s")
+        models[name] = model
+        noiser = E.make_noiser(data.num_labels, spec, seed=seed + 1) if name == "lad_teacher" else None
+        rows[name] = {**_evaluate(trainer, model, data, noiser), "train_s": seconds, "params": E.count_parameters(model)}
+        if teacher_name:
+            rows[name]["teacher"] = teacher_name
+    return rows, models
 
 
 def transfer_ratios(rows: dict, split: str) -> dict:
