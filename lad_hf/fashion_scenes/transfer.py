@@ -42,13 +42,14 @@ TEACHER_KEYS = ("regime", "student", "steps", "lr", "batch_size", "label_sigma",
 PLANS = {
     # the regime's acceptance numbers and σ's direction (teachers only; the student rows come with "main")
     "accept": [dict(), dict(label_sigma=0.1), dict(label_sigma=1.0)],
-    # the controls at the default setting, and the RGB-dropout teacher
-    "main": [dict(), dict(rgb_dropout=0.3)],
+    # the controls at the default setting, and the teacher made to read its label (RGB dropout, random label weights)
+    "main": [dict(), dict(rgb_dropout=0.3, label_channel_init="random", label_channel_scale=1.0)],
     # the discriminating experiments (one seed first; the best on the student's validation gain gets 3)
     "sweep": [dict(label_sigma=0.03), dict(label_sigma=0.1), dict(fixed_class_encoding=True),
               dict(distill_weight=1.0), dict(distill_weight=10.0), dict(distill_tau=1.0),
               dict(distill_loss="kl", distill_tau=1.0)],
-    "blurred": [dict(regime="blurred"), dict(regime="blurred", rgb_dropout=0.3)],
+    # the previous `make demo` default: blurred regime, RGB dropout 0.3, random label weights ×1
+    "blurred": [dict(regime="blurred", rgb_dropout=0.3, label_channel_init="random", label_channel_scale=1.0)],
 }
 
 
