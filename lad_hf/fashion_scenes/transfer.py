@@ -32,12 +32,12 @@ REGIMES = {
 }
 
 # one setting = the options that differ from DEFAULT (teacher options re-train the teacher; student options do not)
-DEFAULT = dict(regime="mosaic", student="cnn-tiny", big_teacher="cnn-small", steps=1600, lr=3e-3, batch_size=16,
-               label_sigma=0.01, rgb_dropout=0.0, label_channel_init="zeros", label_channel_scale=0.1,
+DEFAULT = dict(regime="mosaic", student="cnn-tiny", lad_teacher="", teacher_lr=0.0, big_teacher="cnn-small",
+               steps=1600, lr=3e-3, batch_size=16, label_sigma=0.01, rgb_dropout=0.0, label_channel_init="zeros", label_channel_scale=0.1,
                consistency_weight=1.0, distill_weight=3.0, distill_tau=4.0, distill_loss="cwd",
                fixed_class_encoding=False)
-TEACHER_KEYS = ("regime", "student", "steps", "lr", "batch_size", "label_sigma", "rgb_dropout", "label_channel_init",
-                "label_channel_scale", "consistency_weight")
+TEACHER_KEYS = ("regime", "student", "lad_teacher", "teacher_lr", "steps", "lr", "batch_size", "label_sigma",
+                "rgb_dropout", "label_channel_init", "label_channel_scale", "consistency_weight")
 
 PLANS = {
     # the regime's acceptance numbers and σ's direction (teachers only; the student rows come with "main")
@@ -135,9 +135,11 @@ def run_cell(data, setting: dict, seed: int, cache: Cache, teachers_only: bool =
     teacher = tuple(s[k] for k in TEACHER_KEYS) + (seed,)
     student = tuple(s[k] for k in STUDENT_KEYS)
     big = spec.replace(model=s["big_teacher"])
+    # the LAD teacher: the student's preset and lr unless `lad_teacher` / `teacher_lr` name others
+    lad = spec.replace(model=s["lad_teacher"] or s["student"], lr=s["teacher_lr"] or s["lr"])
     plan = [  # (name, what determines the model, how to train it from the models before it, its teacher)
         ("baseline", ("plain", s["student"]) + run, lambda m: E.train_plain(data, spec), None),
-        ("lad_teacher", ("lad",) + teacher, lambda m: E.train_lad_teacher(data, spec), None),
+        ("lad_teacher", ("lad",) + teacher, lambda m: E.train_lad_teacher(data, lad), None),
         ("big_teacher", ("plain", s["big_teacher"]) + run, lambda m: E.train_plain(data, big), None),
         ("lad_student", ("lad_student",) + teacher + student, lambda m: E.train_student(data, spec, m["lad_teacher"]),
          "lad_teacher"),
