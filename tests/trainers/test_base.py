@@ -82,6 +82,7 @@ def test_evaluate_cli_uses_the_noise_the_teacher_was_trained_with(tmp_path, caps
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["eval_mkl"] < 1e-9  # every draw is the same clean input
     assert "eval_label_gain" in metrics and "eval_mean_iou_no_label" in metrics
+    assert "eval_label_gain_shuffled" in metrics and "eval_mean_iou_shuffled_label" in metrics
     # an explicit flag still overrides the saved setting
     assert main(["evaluate", *common, "--model_name_or_path", str(teacher), "--output_dir", str(tmp_path / "ev2"),
                  "--class_noise", "true"]) == 0
@@ -146,3 +147,23 @@ def other_labels_of(y):
     from lad_hf.trainers.teacher import other_labels
 
     return other_labels(y)
+
+
+def test_tensorboard_receives_both_label_gains(tmp_path, tensor_dataset):
+    """A teacher's evaluation logged with report_to=tensorboard carries both label-use measures as scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    teacher = add_label_channel(tiny_segformer(seed=2), init="random")
+    args = trainer_args(LADTeacherConfig, tmp_path, report_to=["tensorboard"],
+                        eval_stability_draws=0)
+    tr = LADTeacherTrainer(model=teacher, args=args, train_dataset=tensor_dataset, eval_dataset=tensor_dataset)
+    tr.train()
+    m = tr.evaluate()
+    tr.callback_handler.call_event("on_train_end", tr.args, tr.state, tr.control)  # flush the writer
+    (run,) = {p.parent for p in tmp_path.rglob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for key in ("label_gain", "label_gain_shuffled", "mean_iou_shuffled_label"):
+        assert f"eval/{key}" in tags, tags
+    assert acc.Scalars("eval/label_gain_shuffled")[-1].value == pytest.approx(m["eval_label_gain_shuffled"], abs=1e-6)
