@@ -4,6 +4,9 @@
 # carry ".whl" (plus ".data" for `reproduce`, see scripts/pack_fashion_subset.py). Then, in the repository root:
 #   bash benchmarks/gpu_run.sh throughput  # ~4-6 min, at most ~8: table x2 + Trainer-overhead proxy + CUDA profile
 #   bash benchmarks/gpu_run.sh reproduce   # reproduce.py --full, 3 seeds side by side (small models are launch-bound)
+#   bash benchmarks/gpu_run.sh transfer    # lad_transfer.py --plan gpu: mosaic at 128 px, B0/B1, 3 seeds side by side
+#     (mosaic canvases draw items from all of Fashion-MNIST: carry ".data" holding the four full idx .gz files, 30 MB,
+#      `mkdir -p .data && cp /usr/share/datasets/fashion-mnist/*.gz .data/`)
 # Logs, tables (.md/.json) and traces go under $OUT; the last lines printed are a short summary table.
 # CPU dry run of the same Python entry points at tiny sizes: DRY_RUN=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_run.sh throughput
 set -u
@@ -37,6 +40,26 @@ case "${1:-reproduce}" in
     $PY benchmarks/reproduce.py --merge "$OUT"/reproduce_full_seeds*.json --results_dir "$OUT" > "$OUT/merge.log" 2>&1
     tail -3 "$OUT"/reproduce_seed0.log
     grep -E "^\| Tab. 1|^\| Fig|^\| shortcut|^\| Tab. 8" "$OUT/reproduce_full.md" | head -30
+    ;;
+  transfer)
+    # The LAD transfer study scaled up: mosaic regime at 128 px, SegFormer-B0 student and LAD teacher, B1 bigger
+    # teacher, 2000 steps x batch 16 (5x the CPU demo's pixels seen), baseline / LAD teacher / LAD student /
+    # self-distillation / bigger-teacher CWD, one seed per process side by side (the GPU is launch-bound here).
+    if [ "$DEV" = cuda ]; then
+      SIZE=(--canvas_size 128 --num_train 8000 --num_validation 500 --num_test 1000)
+      $PY -c "from lad_hf.fashion_scenes import load_or_build_fashion_scenes as b; b('outputs/cache', num_train=8000, num_validation=500, num_test=1000, canvas_size=128, seed=0, num_proc=8, layout='mosaic')" > "$OUT/scenes.log" 2>&1 || { tail -5 "$OUT/scenes.log"; exit 1; }
+    else  # CPU dry run: tiny sizes and models, seeds one after another
+      SIZE=(--tiny --set '{"student": "tiny", "big_teacher": "small"}')
+    fi
+    for s in 0 1 2; do
+      cmd=(timeout "${TLIMIT:-480}" $PY benchmarks/lad_transfer.py --plan gpu --seeds $s "${SIZE[@]}" --threads 4
+           --cache_dir outputs/cache --json "$OUT/lad_transfer_gpu_seed$s.jsonl")
+      if [ "$DEV" = cuda ]; then "${cmd[@]}" > "$OUT/transfer_seed$s.log" 2>&1 & else "${cmd[@]}" > "$OUT/transfer_seed$s.log" 2>&1; fi
+    done
+    wait
+    cat "$OUT"/lad_transfer_gpu_seed*.jsonl > "$OUT/lad_transfer_gpu.jsonl"
+    $PY benchmarks/lad_transfer.py --report --json "$OUT/lad_transfer_gpu.jsonl" > "$OUT/report.log" 2>&1
+    grep -A8 "^## Summary (validation" "$OUT/lad_transfer_gpu.md"
     ;;
   throughput)
     # Issue 13. Budget: table ~40 s per run (no eval/teacher/compile rows), proxy ~2-3 min, unsynced proxy ~1 min;
@@ -83,6 +106,6 @@ case "${1:-reproduce}" in
       "$OUT/throughput_${DEV}_proxy_nosync.json" "$OUT/throughput_${DEV}_run2.json"
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_run.sh {throughput|reproduce}"; exit 2
+    echo "usage: bash benchmarks/gpu_run.sh {throughput|reproduce|transfer}"; exit 2
     ;;
 esac

@@ -43,11 +43,17 @@ PLANS = {
     # the regime's acceptance numbers and σ's direction (teachers only; the student rows come with "main")
     "accept": [dict(), dict(label_sigma=0.1), dict(label_sigma=1.0)],
     # the controls at the default setting, and the teacher made to read its label (RGB dropout, random label weights)
-    "main": [dict(), dict(rgb_dropout=0.3, label_channel_init="random", label_channel_scale=1.0)],
+    # (zero-init label weights get no consistent gradient: α is symmetric, so the teacher never starts reading)
+    "main": [dict(), dict(rgb_dropout=0.3, label_channel_init="random", label_channel_scale=1.0),
+             dict(label_channel_init="random", label_channel_scale=1.0)],
     # the discriminating experiments (one seed first; the best on the student's validation gain gets 3)
     "sweep": [dict(label_sigma=0.03), dict(label_sigma=0.1), dict(fixed_class_encoding=True),
               dict(distill_weight=1.0), dict(distill_weight=10.0), dict(distill_tau=1.0),
               dict(distill_loss="kl", distill_tau=1.0)],
+    # the GPU scale-up (`bash benchmarks/gpu_run.sh transfer`: 128 px, one seed per process): SegFormer-B0 student
+    # and LAD teacher, SegFormer-B1 (3.7×) bigger teacher; conv + BN presets stay the CPU's
+    "gpu": [dict(student="b0", big_teacher="b1", steps=2000, lr=6e-4, batch_size=16, label_channel_init="random",
+                 label_channel_scale=1.0)],
     # the previous `make demo` default: blurred regime, RGB dropout 0.3, random label weights ×1
     "blurred": [dict(regime="blurred", rgb_dropout=0.3, label_channel_init="random", label_channel_scale=1.0)],
 }
