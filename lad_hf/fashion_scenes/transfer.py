@@ -65,13 +65,14 @@ def cell_key(setting: dict, seed: int) -> str:
 
 
 def _band(label: torch.Tensor, width: int = 2, ignore: int = 255) -> torch.Tensor:
-    """Pixels within `width` px (Chebyshev) of a pixel of another class: the boundary band."""
+    """Pixels within `width` px (Chebyshev, inside the image) of a pixel of another class: the boundary band."""
     lab = label.long()
+    h, w = lab.shape[-2:]
+    padded = torch.nn.functional.pad(lab[:, None].float(), (width,) * 4, mode="replicate")[:, 0].long()
     out = torch.zeros_like(lab, dtype=torch.bool)
-    for dy in range(-width, width + 1):
-        for dx in range(-width, width + 1):
-            shifted = torch.roll(lab, shifts=(dy, dx), dims=(-2, -1))
-            out |= shifted != lab
+    for dy in range(2 * width + 1):
+        for dx in range(2 * width + 1):
+            out |= padded[:, dy : dy + h, dx : dx + w] != lab
     return out & (lab != ignore)
 
 
