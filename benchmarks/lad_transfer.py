@@ -49,7 +49,7 @@ def load_data(regime: str, args):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", default="accept", choices=sorted(PLANS))
-    p.add_argument("--only", type=int, nargs="*", default=None, help="indices of the plan's settings to run")
+    p.add_argument("--only", type=int, nargs="*", default=None, help="indices of the plan's settings to run, in this order")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--json", default=str(RESULTS / "lad_transfer.jsonl"), help="the run log, one JSON row per cell")
     p.add_argument("--cache_dir", default="outputs/cache")
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     done = set()
     if out.exists():
         done = {json.loads(line)["key"] for line in out.read_text().splitlines() if line.strip()}
-    settings = [s for i, s in enumerate(PLANS[args.plan]) if args.only is None or i in args.only]
+    settings = PLANS[args.plan] if args.only is None else [PLANS[args.plan][i] for i in args.only]
     cache, loaded = Cache(), {}
     for seed in args.seeds:
         for setting in settings:
