@@ -40,8 +40,10 @@ TEACHER_KEYS = ("regime", "student", "lad_teacher", "teacher_lr", "steps", "lr",
                 "rgb_dropout", "label_channel_init", "label_channel_scale", "consistency_weight")
 
 PLANS = {
-    # the regime's acceptance numbers and σ's direction (teachers only; the student rows come with "main")
-    "accept": [dict(), dict(label_sigma=0.1), dict(label_sigma=1.0)],
+    # the regime's acceptance numbers and σ's direction (teachers only; the student rows come with "main"): the
+    # chosen teacher at σ 0.1 and 1, and a plain teacher of 4.1× the student's parameters
+    "accept": [dict(label_sigma=1.0, label_channel_init="random", label_channel_scale=1.0, big_teacher="cnn-medium"),
+               dict(label_sigma=0.1, label_channel_init="random", label_channel_scale=1.0, big_teacher="cnn-medium")],
     # the controls at the default setting, and the teacher made to read its label (RGB dropout, random label weights)
     # (zero-init label weights get no consistent gradient: α is symmetric, so the teacher never starts reading)
     "main": [dict(), dict(rgb_dropout=0.3, label_channel_init="random", label_channel_scale=1.0),
