@@ -147,28 +147,25 @@ def _prepare(model_args, data_args, training_args, need_train=True):
     return model, proc, ds, build_collator(data_args, len(id2label)), id2label
 
 
-def _info(model_args, data_args, training_args, extra=None) -> Dict:
-    keep = ["max_steps", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed", "label_sigma",
-            "class_noise", "pixel_noise", "ignore_mode", "dual_path", "consistency_loss", "consistency_weight",
-            "consistency_tau", "distill_loss", "distill_tau", "distill_weight", "fixed_class_encoding",
-            "teacher_model_name_or_path", "run_name", "eval_window_size", "eval_window_stride", "consistency_symmetric",
-            "label_channel_init", "label_channel_scale", "rgb_dropout"]
-    info = {k: getattr(training_args, k) for k in keep if hasattr(training_args, k)}
-    info.update(dataset_name=data_args.dataset_name, model_name_or_path=model_args.model_name_or_path,
+def _info(model_args, data_args, extra=None) -> Dict:
+    """What the trainer's training record cannot see: the model and data options (the Config's own are recorded by the
+    trainer itself), e.g. how evaluation saw the images (the exported processor and the card's model-index follow it)."""
+    info = dict(dataset_name=data_args.dataset_name, model_name_or_path=model_args.model_name_or_path,
                 config_name=model_args.config_name, config_overrides=model_args.config_overrides)
-    # how evaluation saw the images (the exported processor and the card's model-index follow it)
     for k in ("dataset_config_name", "eval_split", "eval_resize", "image_mean", "image_std", "label_set"):
         info[k] = getattr(data_args, k, None)
+    skipped = {split: len(rows) for split, rows in (getattr(data_args, "skipped_bad_samples", None) or {}).items()}
+    if skipped:
+        info["skipped_bad_samples"] = skipped
     info.update(extra or {})
     return info
 
 
 def _train_and_save(trainer, model_args, data_args, training_args, extra_info=None):
-    from .export import write_training_info
-
+    """Train, save (the trainer writes lad_training_info.json and its model card; pushes with --push_to_hub), evaluate
+    (the record and card then get the final metrics)."""
+    trainer.record_extra = _info(model_args, data_args, extra_info)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if trainer.is_world_process_zero():  # before save_model, which pushes the folder with --push_to_hub
-        write_training_info(training_args.output_dir, _info(model_args, data_args, training_args, extra_info))
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -178,13 +175,10 @@ def _train_and_save(trainer, model_args, data_args, training_args, extra_info=No
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    skipped = _report_skipped(data_args) if trainer.is_world_process_zero() else {}
+        if training_args.push_to_hub:  # the card uploaded by save_model had no final metrics yet
+            trainer.push_to_hub(commit_message="Model card with the final evaluation")
     if trainer.is_world_process_zero():
-        info = _info(model_args, data_args, training_args, extra_info)
-        info["eval_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if skipped:
-            info["skipped_bad_samples"] = skipped
-        write_training_info(training_args.output_dir, info)
+        _report_skipped(data_args)
     return metrics
 
 
@@ -360,6 +354,13 @@ class ExportArguments:
     hub_token: Optional[str] = field(default=None, metadata={"help": "Hub token (default: the logged-in token)."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the repo as private."})
     allow_label_assisted: bool = field(default=False, metadata={"help": "Also export a label-assisted teacher."})
+    license: Optional[str] = field(
+        default=None, metadata={"help": "Licence of the model card (a Hub licence id, e.g. apache-2.0; default: the "
+                                        "base model's licence when known)."})
+    tags: Optional[List[str]] = field(default=None, metadata={"help": "Extra tags of the model card (space-separated)."})
+    model_name: Optional[str] = field(
+        default=None, metadata={"help": "Name in the card's title and model-index (default: --hub_model_id, else "
+                                        "<model type>-lad-student / -lad-teacher / -baseline)."})
 
 
 def cmd_export(argv):
@@ -376,7 +377,8 @@ def cmd_export(argv):
                 metrics = {k: v for k, v in json.load(f).items() if k.startswith("eval_")}
             break
     out = export_model(a.model_path, a.output_dir, metrics=metrics, repo_id=a.hub_model_id,
-                       allow_label_assisted=a.allow_label_assisted)
+                       allow_label_assisted=a.allow_label_assisted, license=a.license, tags=a.tags,
+                       model_name=a.model_name)
     print(f"exported to {out}")
     if a.push_to_hub:
         url = push_folder(out, a.hub_model_id, token=a.hub_token, private=a.hub_private_repo)

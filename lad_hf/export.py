@@ -1,6 +1,6 @@
 """Export a trained student as a stock transformers model (LoRA merged, safetensors, model card) and push it.
 
-The model card is built with `huggingface_hub`'s `ModelCard` / `ModelCardData` / `EvalResult`. It names Hub ids
+The model card is `lad_hf.card.model_card` (the one the trainers write too). It names Hub ids
 only (`base_model`, `datasets`, the model-index dataset, the teacher): a local path means nothing on the Hub, and the
 Hub refuses `base_model` / `datasets` values that are not repo ids. Which names are Hub ids is decided while training
 (`write_training_info` records `hub_ids`, with the working directory the paths were given in).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from .errors import LADError
 
@@ -21,19 +21,6 @@ HUB_KEYS = ("model_name_or_path", "config_name", "dataset_name", "teacher_model_
 LOCAL = "(local)"
 _METRIC_FILES = ("eval_results.json", "all_results.json", TRAINING_INFO)
 _TEACHER_METRICS = ("eval_mean_iou", "eval_label_gain", "eval_mean_iou_no_label")
-
-# Licences of the base models the recipes start from, as their Hub cards state them (used when the base model's own
-# card is not in the local Hub cache). nvidia/mit-b*: "license: other", the NVIDIA Source Code License for SegFormer
-# (non-commercial); facebook/dinov2-small/-base: apache-2.0.
-_SEGFORMER_LICENSE = ("other", "nvidia-source-code-license", "https://github.com/NVlabs/SegFormer/blob/master/LICENSE")
-KNOWN_LICENSES: Dict[str, Tuple[str, Optional[str], Optional[str]]] = {
-    "nvidia/mit-b0": _SEGFORMER_LICENSE,
-    "nvidia/mit-b1": _SEGFORMER_LICENSE,
-    "nvidia/mit-b2": _SEGFORMER_LICENSE,
-    "facebook/dinov2-small": ("apache-2.0", None, None),
-    "facebook/dinov2-base": ("apache-2.0", None, None),
-}
-
 
 # ------------------------------------------------------------------------------------------------ training record
 
@@ -237,178 +224,15 @@ def export_processor(model_path: str, model, info: Optional[Dict] = None):
     return proc, note
 
 
-# ------------------------------------------------------------------------------------------------ model card
-
-
-def base_model_license(repo_id: Optional[str], model_path: Optional[str] = None) -> Optional[Tuple[str, Optional[str], Optional[str]]]:
-    """(license, license_name, license_link) of the base model: its card in the local Hub cache, else the card the
-    Trainer wrote into the run folder (it copies the base model's licence), else `KNOWN_LICENSES`; None when unknown."""
-    from huggingface_hub import ModelCard, try_to_load_from_cache
-
-    if not repo_id:
-        return None
-    cards = [try_to_load_from_cache(repo_id, "README.md")]
-    if model_path:
-        cards.append(os.path.join(model_path, "README.md"))
-    for path in cards:
-        if isinstance(path, str) and os.path.isfile(path):
-            try:
-                data = ModelCard.load(path, ignore_metadata_errors=True).data
-            except Exception:  # noqa: BLE001 - an unreadable card is no licence
-                continue
-            if data.get("license") and data.get("base_model") in (None, repo_id) and "lad_hf" not in (data.get("tags") or []):
-                return data.get("license"), data.get("license_name"), data.get("license_link")
-    return KNOWN_LICENSES.get(repo_id)
-
-
-def _kind(model, info: Dict) -> str:
-    from .models import is_label_assisted
-
-    if is_label_assisted(model) or info.get("label_assisted"):
-        return "teacher"
-    return "distilled" if info.get("teacher_model_name_or_path") else "baseline"
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def model_card(model, info: Dict, metrics: Optional[Dict] = None, repo_id: Optional[str] = None,
-               preprocessing: Optional[str] = None, model_path: Optional[str] = None) -> str:
-    """README.md for the Hub: `ModelCardData` metadata (library, task, base model, datasets, licence, model-index)
-    and a text that says what kind of model this is, how it was trained and evaluated, and what the processor does."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    metrics = {k: v for k, v in (metrics or info.get("eval_metrics") or {}).items() if _finite(v) is not None}
-    kind = _kind(model, info)
-    ids = hub_ids(info, model_path)
-    base = ids.get("model_name_or_path") if not info.get("config_name") else None
-    dataset = ids.get("dataset_name")
-    teacher = ids.get("teacher_model_name_or_path")
-    model_type = model.config.model_type
-    name = repo_id or {"teacher": f"{model_type}-lad-teacher", "distilled": f"{model_type}-lad-student",
-                       "baseline": f"{model_type}-baseline"}[kind]
-    miou = _finite(metrics.get("eval_mean_iou", metrics.get("mean_iou")))
-    no_label = _finite(metrics.get("eval_mean_iou_no_label"))
-    gain = _finite(metrics.get("eval_label_gain"))
-    if gain is None and miou is not None and no_label is not None:
-        gain = miou - no_label
-    split = info.get("eval_split")
-
-    tags = ["lad_hf", "semantic-segmentation", model_type]
-    tags += {"distilled": ["knowledge-distillation", "label-assisted-distillation"],
-             "teacher": ["label-assisted-teacher"], "baseline": []}[kind]
-    if info.get("lora"):
-        tags.append("lora-merged")
-    results = []
-    if dataset and miou is not None:
-        common = dict(task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=dataset,
-                      dataset_name=dataset, dataset_split=split, dataset_config=info.get("dataset_config_name"),
-                      metric_type="mean_iou")
-        label_note = " (noised label as input)" if kind == "teacher" else ""
-        results.append(EvalResult(metric_value=round(miou, 4), metric_name=f"mIoU{label_note}", **common))
-        if kind == "teacher" and no_label is not None:
-            results.append(EvalResult(metric_value=round(no_label, 4), metric_name="mIoU (label channel 0)", **common))
-    licence = base_model_license(base, model_path)
-    data = ModelCardData(
-        library_name="transformers", pipeline_tag="image-segmentation", tags=tags, base_model=base,
-        datasets=[dataset] if dataset else None, metrics=["mean_iou"] if miou is not None else None,
-        license=licence[0] if licence else None, license_name=licence[1] if licence else None,
-        license_link=licence[2] if licence else None, model_name=name if results else None,
-        eval_results=results or None,
-    )
-
-    k = model.config.num_labels
-    lines = [f"# {name}", ""]
-    if kind == "distilled":
-        lines.append(f"A {model_type} semantic-segmentation model ({k} classes), distilled with lad_hf's Label Assisted "
-                     f"Distillation (LAD) from a {'label-assisted' if info.get('teacher_label_assisted') else 'plain'} "
-                     "teacher. It is a plain transformers model: it needs neither lad_hf nor remote code.")
-    elif kind == "teacher":
-        lines.append(f"A label-assisted teacher for {model_type} semantic segmentation ({k} classes), trained with lad_hf. "
-                     "Its input has one channel more than an image: a noised version of the ground-truth label map. It "
-                     "is meant to teach students (`lad-hf distill --teacher_model_name_or_path ...`); the "
-                     "`image-segmentation` pipeline cannot feed it the label channel.")
-    else:
-        lines.append(f"A {model_type} semantic-segmentation model ({k} classes), trained with lad_hf by supervised "
-                     "cross-entropy alone (a baseline: no teacher). It is a plain transformers model: it needs neither "
-                     "lad_hf nor remote code.")
-    lines.append("")
-    if base:
-        lines.append(f"Initialised from [{base}](https://huggingface.co/{base}).")
-    elif info.get("model_name_or_path") and not info.get("config_name"):
-        lines.append("Initialised from local pretrained weights (not on the Hub).")
-    else:
-        lines.append("Built from a model configuration, without pretrained weights.")
-    if dataset:
-        lines.append(f"Trained on [{dataset}](https://huggingface.co/datasets/{dataset}).")
-    elif info.get("dataset_name"):
-        lines.append("Trained on a local dataset (not on the Hub).")
-    if licence:
-        where = f" ({licence[2]})" if licence[2] else ""
-        lines.append(f"Licence: `{licence[1] or licence[0]}`{where}, that of the base model {base}.")
-    if info.get("lora"):
-        lines.append("Trained with LoRA adapters on a frozen backbone; the adapters are merged into these weights.")
-    lines.append("")
-    if kind != "teacher":
-        lines += ["## Usage", "", "```python", "from transformers import pipeline", "",
-                  f'seg = pipeline("image-segmentation", model="{repo_id or "path/to/this/folder"}")',
-                  'masks = seg("image.jpg")', "```", ""]
-    if preprocessing:
-        lines += ["## Preprocessing", "", preprocessing, ""]
-    if metrics:
-        where = f" on the `{split}` split" if split else ""
-        lines += ["## Evaluation", "", f"Evaluated{where} with lad_hf's streaming mIoU.", ""]
-        if kind == "teacher" and gain is not None:
-            lines += [f"label_gain = {gain:.4f}: mIoU with the noised label as input"
-                      + (f" ({miou:.4f})" if miou is not None else "")
-                      + (f" minus mIoU with the label channel set to 0 ({no_label:.4f})" if no_label is not None else "")
-                      + ". A teacher that ignores its label has label_gain 0.", ""]
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {m} | {v:.4f} |" for m, v in sorted(metrics.items())
-                  if not m.endswith(("_runtime", "_per_second", "epoch"))]
-        lines.append("")
-    if kind == "distilled":
-        lines += ["## How it was distilled", ""]
-        lines.append(f"Teacher: [{teacher}](https://huggingface.co/{teacher})." if teacher
-                     else "Teacher: a local model (not on the Hub).")
-        t_eval = info.get("teacher_eval") or {}
-        if not t_eval and not teacher:
-            t_eval = teacher_metrics(info.get("teacher_model_name_or_path"), _roots(model_path))
-        if info.get("teacher_label_assisted"):
-            t_gain = _finite(t_eval.get("eval_label_gain"))
-            if t_gain is not None:
-                lines.append(f"The teacher's label_gain (its mIoU with the noised label minus with the label channel at "
-                             f"0) was {t_gain:.4f}" + (f"; its mIoU {t_eval['eval_mean_iou']:.4f}"
-                                                         if _finite(t_eval.get("eval_mean_iou")) is not None else "") + ".")
-            else:
-                lines.append("The teacher's label_gain is not known (no evaluation of it was found).")
-        lines += ["", "Loss: L = CE(S(x), y) + μ·D(S(x), T(x, ŷ)), ŷ = Σ_k α_k·Y_k + σ·β the noised label fed to the "
-                  "teacher." if info.get("teacher_label_assisted") else "Loss: L = CE(S(x), y) + μ·D(S(x), T(x)).", ""]
-        keys = ["teacher_label_assisted", "distill_loss", "distill_tau", "distill_weight", "label_sigma", "class_noise",
-                "pixel_noise", "fixed_class_encoding"]
-    else:
-        lines += ["## How it was trained", ""]
-        keys = ["label_sigma", "class_noise", "pixel_noise", "ignore_mode", "dual_path", "consistency_loss",
-                "consistency_weight", "consistency_tau", "consistency_symmetric", "label_channel_init", "label_channel_scale", "rgb_dropout"] if kind == "teacher" else []
-    keys += ["lora", "max_steps", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed",
-             "config_overrides"]
-    rows = [f"| {key} | {_fmt(info[key])} |" for key in keys if info.get(key) is not None]
-    if rows:
-        lines += ["| setting | value |", "|---|---|", *rows, ""]
-    elif not info:
-        lines += ["No lad_hf training record was found next to the weights.", ""]
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))
-
-
 # ------------------------------------------------------------------------------------------------ export and push
 
 
 def export_model(model_path: str, output_dir: str, metrics: Optional[Dict] = None, repo_id: Optional[str] = None,
-                 allow_label_assisted: bool = False) -> str:
-    """Write a stock transformers model folder: safetensors weights, config.json, preprocessor_config.json, README.md."""
+                 allow_label_assisted: bool = False, license: Optional[str] = None,
+                 tags: Optional[List[str]] = None, model_name: Optional[str] = None) -> str:
+    """Write a stock transformers model folder: safetensors weights, config.json, preprocessor_config.json, README.md
+    (lad_hf's card, see `lad_hf.card`; `license`, `tags`, `model_name` go into it)."""
+    from .card import model_card
     from .models import image_channels, is_label_assisted
 
     model = load_for_export(model_path)
@@ -423,7 +247,8 @@ def export_model(model_path: str, output_dir: str, metrics: Optional[Dict] = Non
     model.save_pretrained(output_dir, safe_serialization=True)
     processor, note = export_processor(model_path, model, info)
     processor.save_pretrained(output_dir)
-    card = model_card(model, info, metrics, repo_id, preprocessing=note, model_path=model_path)
+    card = model_card(model, info, metrics, repo_id, preprocessing=note, model_path=model_path, license=license,
+                      tags=tags, model_name=model_name)
     with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
     if info:

@@ -50,7 +50,7 @@ def test_teacher_distill_evaluate_export_pipeline(tmp_path):
         assert (exported / name).is_file(), name
     card = (exported / "README.md").read_text()
     assert "library_name: transformers" in card and "pipeline_tag: image-segmentation" in card
-    assert "mean_iou" in card and "distill_loss" in card
+    assert "mean_iou" in card and "| distillation loss D | cwd |" in card
 
     # push offline: one clear line, non-zero, export intact
     push = subprocess.run([sys.executable, "-m", "lad_hf", "export", "--model_path", "student", "--output_dir",

@@ -9,9 +9,9 @@ import torch
 from conftest import ID2LABEL, tiny_segformer
 from PIL import Image
 
+from lad_hf.card import KNOWN_LICENSES
 from lad_hf.errors import LADError
 from lad_hf.export import (
-    KNOWN_LICENSES,
     export_model,
     hub_ids,
     push_folder,
@@ -78,9 +78,9 @@ def test_distilled_card_names_hub_ids_only(tmp_path, monkeypatch):
     (res,) = d.eval_results
     assert (res.task_type, res.dataset_type, res.dataset_name, res.dataset_split) == (
         "image-segmentation", HUB_DATASET, HUB_DATASET, "validation")
-    assert res.metric_type == "mean_iou" and res.metric_value == pytest.approx(0.4321)
+    assert res.metric_type == "mean_iou" and res.metric_value == pytest.approx(43.21)
     assert "## How it was distilled" in card.text and "label-assisted teacher" in card.text
-    assert "0.1234" in card.text  # the teacher's label_gain
+    assert "12.34 points" in card.text  # the teacher's label_gain
     assert '```python\nfrom transformers import pipeline' in card.text and card.text.count("```") % 2 == 0
     assert "eval_runtime" not in card.text and "hf_secret" not in _all_text(out)
     # no local path anywhere: not the run folders, not the relative teacher path, not run_name
@@ -104,9 +104,9 @@ def test_baseline_card_from_config_and_local_data(tmp_path, monkeypatch):
     card = _card(out)
     d = card.data
     assert d.base_model is None and d.datasets is None and d.license is None and not d.eval_results
-    assert "distil" not in str(card).lower()
+    assert "distil" not in str(card).split("## Citation")[0].lower()
     assert "Built from a model configuration" in card.text and "a local dataset" in card.text
-    assert "| eval_mean_iou | 0.2500 |" in card.text  # still reported, in the text only
+    assert "| mean IoU | 25.00 % |" in card.text  # still reported, in the text only
     assert str(tmp_path) not in _all_text(out)
 
 
@@ -119,7 +119,7 @@ def test_baseline_card_licence_of_a_hub_base(tmp_path, monkeypatch):
     card = _card(tmp_path / "export")
     assert card.data.base_model == "facebook/dinov2-small" and card.data.license == "apache-2.0"
     assert card.data.model_name == "me/dinov2-small-voc" and 'model="me/dinov2-small-voc"' in card.text
-    assert "distil" not in str(card).lower()
+    assert "distil" not in str(card).split("## Citation")[0].lower()
 
 
 def test_teacher_card_reports_label_gain(tmp_path, monkeypatch):
@@ -137,9 +137,9 @@ def test_teacher_card_reports_label_gain(tmp_path, monkeypatch):
     out = tmp_path / "export"
     export_model(str(run), str(out), allow_label_assisted=True)
     card = _card(out)
-    assert "label_gain = 0.2500" in card.text and "label-assisted-teacher" in card.data.tags
+    assert "label_gain = 25.00 points" in card.text and "label-assisted-teacher" in card.data.tags
     assert "distilled" not in str(card).lower() and "## How it was trained" in card.text
-    assert sorted(r.metric_value for r in card.data.eval_results) == [0.55, 0.8]
+    assert sorted(r.metric_value for r in card.data.eval_results) == [55.0, 80.0]
     assert str(tmp_path) not in _all_text(out)
 
 

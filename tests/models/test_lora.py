@@ -182,7 +182,7 @@ def test_pushed_lora_folder_names_the_hub_base_and_loads_elsewhere(tmp_path):
     adapter = json.loads((repo / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == repo_id
     card = ModelCard.load(repo / "README.md")
-    assert card.data.base_model == repo_id and card.data.library_name == "peft"
+    assert card.data.base_model == repo_id and card.data.library_name == "peft" and "lad_hf" in card.data.tags
     assert [t for t in card.data.tags if t.startswith("base_model:")] == [f"base_model:adapter:{repo_id}"]
 
     # elsewhere: the Hub base (with this model's labels) + the uploaded adapter
