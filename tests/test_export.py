@@ -217,3 +217,22 @@ def test_push_offline_is_one_line_and_keeps_the_folder(tmp_path, monkeypatch):
     with pytest.raises(LADError) as e:
         push_folder(str(tmp_path / "f"), "me/model")
     assert "offline" in str(e.value) and "\n" not in str(e.value) and (tmp_path / "f").is_dir()
+
+
+def test_export_cli_license_tags_model_name(tmp_path, monkeypatch):
+    """`--license`, `--tags`, `--model_name` reach the card; the metric table lists mean IoU first, in %."""
+    from lad_hf.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = _save_run(tmp_path / "run")
+    write_training_info("run", {"model_name_or_path": "nvidia/mit-b0", "config_name": None, "dataset_name": HUB_DATASET,
+                                "eval_metrics": {"eval_iou_background": 0.9, "eval_mean_iou": 0.5, "eval_loss": 1.2,
+                                                 "eval_mean_accuracy": 0.6, "eval_iou_square": float("nan")}})
+    assert main(["export", "--model_path", str(run), "--output_dir", "out", "--license", "mit", "--tags", "cats",
+                 "dogs", "--model_name", "my-seg"]) == 0
+    card = _card(tmp_path / "out")
+    assert card.data.license == "mit" and {"cats", "dogs", "lad_hf"} <= set(card.data.tags)
+    assert card.data.model_name == "my-seg" and "\n# my-seg\n" in card.text
+    rows = [r for r in card.text.splitlines() if r.startswith("| ") and not r.startswith("| metric")][:5]
+    assert rows[0] == "| mean IoU | 50.00 % |" and rows[1] == "| mean class accuracy | 60.00 % |"
+    assert "| IoU background | 90.00 % |" in rows and "| IoU square | n/a (class absent) |" in rows
