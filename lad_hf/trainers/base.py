@@ -19,6 +19,7 @@ from ..metrics import StreamingMeanIoU, confusion_matrix_per_sample
 from ..models import is_label_assisted
 from ..noising import LabelNoiser
 from .checkpoints import CheckpointMixin, last_complete_checkpoint
+from .predictions import ClassMapCollector, EvalImagesCallback, wants_eval_images
 from .record import TrainingRecordMixin
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,12 @@ class LADTrainerBase(TrainingRecordMixin, CheckpointMixin, Trainer):
         self._first_bad: Optional[torch.Tensor] = None
         self._bad_what: Dict[str, None] = {}
         self.add_callback(_NonFiniteGuard(self))
+        # argmax class maps for predict() / compute_metrics; overlays for TensorBoard / W&B
+        self._class_maps = ClassMapCollector()
+        self._want_maps = False
+        self._eval_images = EvalImagesCallback(self, self.args.eval_num_images) if wants_eval_images(self.args) else None
+        if self._eval_images is not None:
+            self.add_callback(self._eval_images)
 
     # -- noise ----------------------------------------------------------------------------------------------------
     def make_noiser(self, fixed_alpha=None) -> LabelNoiser:
@@ -190,21 +197,37 @@ class LADTrainerBase(TrainingRecordMixin, CheckpointMixin, Trainer):
         raise NotImplementedError
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Streaming metrics of one batch; returns only the loss (class maps are collected here, see
+        `evaluation_loop`, so the Trainer never holds logits)."""
         inputs = self._prepare_inputs(inputs)
         labels = inputs["labels"]
         with torch.no_grad(), self.compute_loss_context_manager():
             _, logits, extra = self.eval_forward(model, inputs)
         controls = {k: extra.pop(k) for k in LABEL_CONTROLS if k in extra}
-        loss, cm = self._confusion(logits, labels)
+        loss, cm, preds = self._confusion(logits, labels)
         self.metric.add_confusion(cm)
         for k, control_logits in controls.items():
             self.control_metrics[k].add_confusion(self._confusion(control_logits, labels)[1])
         for k, v in extra.items():
             self._eval_extra[k].append(self.accelerator.gather_for_metrics(v.detach().float()).cpu())
+        if self._want_maps:
+            self._add_class_maps(preds, labels)
+        if self._eval_images is not None:
+            self._eval_images.keep(inputs["pixel_values"], labels, preds)
         return loss.detach(), None, None
 
+    def _add_class_maps(self, preds: torch.Tensor, labels: torch.Tensor) -> None:
+        from transformers import EvalPrediction
+
+        p, y = (ClassMapCollector.gather(self.accelerator, t) for t in (preds, labels))
+        if self.args.batch_eval_metrics and self.compute_metrics is not None:  # per batch: nothing kept
+            last = self.accelerator.gradient_state.end_of_dataloader
+            self._batch_metrics = self.compute_metrics(EvalPrediction(predictions=p, label_ids=y), compute_result=last)
+        else:
+            self._class_maps.add(p, y)
+
     def _confusion(self, logits: torch.Tensor, labels: torch.Tensor):
-        """(mean CE, confusion matrix summed over all processes) of one batch's logits."""
+        """(mean CE, confusion matrix summed over all processes, argmax class maps) of one batch's logits."""
         # one sample at a time: full-resolution float32 logits of the whole batch are never held at once
         ignore = self.args.ignore_index
         preds = torch.empty_like(labels)
@@ -217,13 +240,23 @@ class LADTrainerBase(TrainingRecordMixin, CheckpointMixin, Trainer):
         loss = total / (labels != ignore).sum().clamp_min(1)
         cm = confusion_matrix_per_sample(preds, labels, self.num_labels, ignore)
         # gather per-sample matrices: duplicates padded in by distributed sampling are dropped, then summed
-        return loss, self.accelerator.gather_for_metrics(cm).sum(0)
+        return loss, self.accelerator.gather_for_metrics(cm).sum(0), preds
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        """The Trainer's loop for the loss; then the streaming metrics, `@`-prefixed extras, and argmax class maps as
+        `predictions` (when `prediction_loss_only` is false) and for `compute_metrics` (`EvalPrediction` of class maps
+        and labels, padded with -100; per batch with `batch_eval_metrics`)."""
+        if prediction_loss_only is None:
+            prediction_loss_only = self.args.prediction_loss_only
         self.metric.reset()
         for m in self.control_metrics.values():
             m.reset()
         self._eval_extra.clear()
+        self._class_maps.reset()
+        self._batch_metrics = None
+        self._want_maps = not prediction_loss_only or self.compute_metrics is not None
+        if self._eval_images is not None:
+            self._eval_images.reset()
         self.on_evaluation_start()
         out = super().evaluation_loop(dataloader, description, prediction_loss_only=True, ignore_keys=ignore_keys,
                                       metric_key_prefix=metric_key_prefix)
@@ -235,8 +268,29 @@ class LADTrainerBase(TrainingRecordMixin, CheckpointMixin, Trainer):
                 metrics[f"{metric_key_prefix}_{gain_name}"] = metrics[f"{metric_key_prefix}_mean_iou"] - control
         for k, vals in self._eval_extra.items():
             metrics[f"{metric_key_prefix}_{k}"] = torch.cat(vals).mean().item()
+        preds, labels = self._class_maps.arrays()
+        metrics.update(self._user_metrics(preds, labels, metric_key_prefix))
+        self._class_maps.reset()
         out.metrics.update(metrics)
+        if not prediction_loss_only:
+            out = out._replace(predictions=preds, label_ids=labels)
         return out
+
+    def _user_metrics(self, preds, labels, prefix: str) -> Dict[str, float]:
+        """`compute_metrics(EvalPrediction(class maps, labels))`, keys prefixed as the Trainer does."""
+        from transformers import EvalPrediction
+        from transformers.trainer_utils import denumpify_detensorize
+
+        if self.compute_metrics is None:
+            return {}
+        if self.args.batch_eval_metrics:
+            result = self._batch_metrics or {}
+        elif preds is None:
+            return {}
+        else:
+            result = self.compute_metrics(EvalPrediction(predictions=preds, label_ids=labels))
+        result = denumpify_detensorize(dict(result or {}))
+        return {(k if k.startswith(f"{prefix}_") else f"{prefix}_{k}"): v for k, v in result.items()}
 
     def on_evaluation_start(self) -> None:
         """Hook: e.g. reseed the evaluation noise."""

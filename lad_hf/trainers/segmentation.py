@@ -25,6 +25,11 @@ class SegmentationConfig(TrainingArguments):
         ignore_index (`int`, defaults to `255`): label value of ignored pixels.
         validate_labels (`bool`, defaults to `True`): check each batch's labels lie in [0, num_labels) or are ignored.
 
+    Parameters that control evaluation:
+        eval_window_size, eval_window_stride (`int` or `None`): sliding-window evaluation (None: whole images).
+        eval_num_images (`int`, defaults to `4`): panels (image | ground truth | prediction) logged to TensorBoard /
+            W&B at each evaluation, when they are in `report_to`; 0 disables.
+
     Defaults that differ from `TrainingArguments`: `remove_unused_columns=False` (the transforms build
     `pixel_values`/`labels` lazily from the raw columns), `label_names=["labels"]`, `logging_steps=10`, `logging_nan_inf_filter=False` (the trainers stop on a
     non-finite loss instead, checked without a per-step host sync on accelerators).
@@ -40,6 +45,10 @@ class SegmentationConfig(TrainingArguments):
     )
     eval_window_stride: Optional[int] = field(
         default=None, metadata={"help": "Sliding-window stride (default: 2/3 of the window)."}
+    )
+    eval_num_images: int = field(
+        default=4, metadata={"help": "Evaluation overlays (image | ground truth | prediction) logged to TensorBoard / "
+                                     "W&B at each evaluation when they are in --report_to; 0 disables."}
     )
     logging_nan_inf_filter: bool = field(
         default=False, metadata={"help": "Off: lad_hf stops on a non-finite loss instead (and avoids a host sync per step)."}
