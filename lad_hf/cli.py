@@ -1,4 +1,4 @@
-"""`lad-hf` command line: train | teacher | distill | evaluate | export.
+"""`lad-hf` command line: train | teacher | distill | evaluate | export | predict.
 
 Each training command takes `--config recipe.yaml` plus any `--key value` override, parsed with
 `transformers.HfArgumentParser`'s field rules into (ModelArguments, DataArguments, <Config>) as in the transformers
@@ -386,12 +386,29 @@ def cmd_export(argv):
     return out
 
 
+def cmd_predict(argv):
+    """Segment images: a class-id mask per image, and an overlay with a legend (--overlay true)."""
+    from .data import DataArguments
+    from .models import ModelArguments
+    from .predict import PredictArguments, run_predict
+
+    model_args, data_args, args = parse_args([ModelArguments, DataArguments, PredictArguments], argv, "predict",
+                                             cmd_predict.__doc__)
+    check_output_dir(args.output_dir)
+    _RUN["output_dir"] = args.output_dir
+    counts = run_predict(model_args, data_args, args)
+    extra = f" and {counts['overlays']} overlays" if counts["overlays"] else ""
+    print(f"wrote {counts['masks']} masks{extra} to {args.output_dir}")
+    return counts
+
+
 COMMANDS: Dict[str, Callable] = {
     "train": cmd_train,
     "teacher": cmd_teacher,
     "distill": cmd_distill,
     "evaluate": cmd_evaluate,
     "export": cmd_export,
+    "predict": cmd_predict,
 }
 
 

@@ -344,12 +344,15 @@ def load_segmentation_dataset(
     token: Optional[Union[str, bool]] = None,
     trust_remote_code: bool = False,
     require_train: bool = False,
+    all_splits: bool = False,
 ):
     """Load the data named by `data_args` -> `(DatasetDict, id2label)`.
 
     The returned `DatasetDict` holds `"train"` and/or `"validation"` (whichever exist, the latter possibly
     carved from train with `--train_val_split`), each truncated by `--max_*_samples` and carrying
-    `ROW_INDEX_COLUMN`. Rows are raw (no transform); call `apply_transforms` next.
+    `ROW_INDEX_COLUMN`. With `all_splits=True` it also holds every split under its own name (e.g. `"test"`, truncated
+    by `--max_eval_samples`), unless `"train"`/`"validation"` already names other rows. Rows are raw (no transform); call
+    `apply_transforms` next.
 
     A local folder in one of the official layouts (ADEChallengeData2016, Cityscapes, VOCdevkit, COCO-Stuff 164K;
     see `lad_hf.data.layouts`) is loaded as such: its splits come from its folders (a split this run needs
@@ -407,7 +410,7 @@ def load_segmentation_dataset(
     ):
         if found is None and wanted != default:
             raise LADError(f"{flag} {wanted!r} is not a split of {name}; splits are {available}")
-    if train_key is None and eval_key is None:
+    if train_key is None and eval_key is None and not (all_splits and available):
         raise LADError(
             f"{name} has neither a {data_args.train_split!r} nor a {data_args.eval_split!r} split; splits are "
             f"{available}; pass --train_split/--eval_split"
@@ -434,9 +437,13 @@ def load_segmentation_dataset(
         logger.info("carved %d validation rows from %d training rows (seed %d)", len(out["validation"]), n, seed)
     else:
         logger.warning("%s has no %r split; evaluation needs --train_val_split or --eval_split", name, data_args.eval_split)
+    for key in available if all_splits else []:  # every split under its own name (unless train/validation took it)
+        if key not in out:
+            out[key] = _add_row_index(raw[key])
 
-    for key, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
-        if key in out and limit is not None and limit < len(out[key]):
+    for key in out:
+        limit = data_args.max_train_samples if key == "train" else data_args.max_eval_samples
+        if limit is not None and limit < len(out[key]):
             out[key] = out[key].select(range(int(limit)))
     dsd = datasets.DatasetDict(out)
 

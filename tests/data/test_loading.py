@@ -186,3 +186,20 @@ def test_reduce_labels_in_loading(tmp_path):
     _image_dataset(2).to_parquet(str(root / "train.parquet"))
     _, id2label = _load(root, tmp_path, id2label='["background","cat","dog"]', do_reduce_labels=True)
     assert id2label == {0: "cat", 1: "dog"}
+
+
+def test_all_splits_returns_the_test_split_too(tmp_path):
+    """`all_splits=True` adds every other split (test) under its own name; the old call still gives train/validation."""
+    from conftest import write_parquet_dataset
+
+    root = write_parquet_dataset(tmp_path / "d", n_train=4, n_val=2)
+    test = datasets.load_dataset("parquet", data_files=str(root / "validation.parquet"), split="train")
+    test.select([0]).to_parquet(str(root / "test.parquet"))
+    args = DataArguments(dataset_name=str(root))
+    dsd, _ = load_segmentation_dataset(args)
+    assert set(dsd) == {"train", "validation"}
+    dsd, id2label = load_segmentation_dataset(args, all_splits=True)
+    assert {k: len(v) for k, v in dsd.items()} == {"train": 4, "validation": 2, "test": 1} and len(id2label) == 4
+    args = DataArguments(dataset_name=str(root), eval_split="test", max_eval_samples=1)
+    dsd, _ = load_segmentation_dataset(args, all_splits=True)
+    assert len(dsd["validation"]) == 1 and len(dsd["test"]) == 1 and len(dsd["train"]) == 4
