@@ -16,13 +16,17 @@ Rules of the command line:
   unquoted `no` are refused with a hint to quote them), lists for list fields, `null` only for Optional fields.
 * `lad-hf <command> --help` lists `--config` first, then the command's own lad_hf options, then the inherited
   `TrainingArguments` options.
-* `lad-hf evaluate` without `--output_dir` writes nothing: the metrics are printed as one JSON line on stdout and
+* `lad-hf --version` prints the version. `--do_train`/`--do_eval`/`--do_predict` are refused with what to do
+  instead (each command does one job).
+* `lad-hf evaluate` writes only one JSON line on stdout (the metrics table goes to stderr), so `| jq` works.
+  Without `--output_dir` it writes nothing: the metrics are printed as one JSON line on stdout and
   the Trainer works in a temporary folder that is removed afterwards. With `--output_dir` they are also saved there
   (`eval_results.json`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -46,13 +50,36 @@ def _setup_logging(training_args) -> None:
     import transformers
 
     level = training_args.get_process_log_level()
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    _attach_handler()
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(level)
     datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
     if getattr(training_args, "disable_tqdm", False):  # also the weight-loading/saving bars of from/save_pretrained
         transformers.utils.logging.disable_progress_bar()
 
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the `sys.stderr` of the moment (not the one at creation)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _attach_handler() -> None:
+    """One handler on the `lad_hf` logger, none on the root: transformers, datasets and huggingface_hub print through
+    their own handlers, so no line appears twice. An application that configured the root logger keeps it (lad_hf's
+    records propagate to it) and gets no second handler."""
+    if logging.getLogger().handlers or any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
 
 
 _TORCHVISION_FALLBACK = "requires torchvision (not installed); falling back to"
@@ -334,7 +361,8 @@ def _evaluate(model_args, data_args, args, save: bool):
     collator = fit_collator(model, build_collator(data_args, len(id2label)), args.ignore_index)
     trainer = cls(model=model, args=args, eval_dataset=ds["validation"], data_collator=collator)
     metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON line only
+        trainer.log_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         _report_skipped(data_args)
         if save:
@@ -413,7 +441,8 @@ COMMANDS: Dict[str, Callable] = {
 
 
 def _usage() -> str:
-    lines = ["usage: lad-hf <command> [--config recipe.yaml] [--key value ...]", "", "commands:"]
+    lines = ["usage: lad-hf <command> [--config recipe.yaml] [--key value ...]", "       lad-hf --version", "",
+             "commands:"]
     lines += [f"  {name:9s} {fn.__doc__.strip().splitlines()[0]}" for name, fn in COMMANDS.items()]
     lines += ["", "`lad-hf <command> --help` lists the options of a command."]
     return "\n".join(lines)
@@ -423,6 +452,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"lad-hf {__version__}")
         return 0
     cmd = argv.pop(0)
     if cmd not in COMMANDS:

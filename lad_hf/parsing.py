@@ -24,6 +24,26 @@ logger = logging.getLogger("lad_hf")
 
 
 
+# TrainingArguments flags that transformers' example scripts read and lad-hf does not: each command does one job
+_NO_OPS = {
+    "do_train": "`lad-hf train|teacher|distill` always train",
+    "do_eval": "the training commands evaluate at the end whenever there is a validation split, and `lad-hf "
+               "evaluate` evaluates a saved model",
+    "do_predict": "`lad-hf predict` writes predictions",
+}
+
+
+def refuse_no_ops(argv: Sequence[str], recipe: Dict, config_path: Optional[str]) -> None:
+    """`--do_train`/`--do_eval`/`--do_predict` would be accepted and ignored: refuse them with what to do instead."""
+    for arg in argv:
+        name = arg.split("=", 1)[0].lstrip("-").replace("-", "_") if arg.startswith("--") else None
+        if name in _NO_OPS:
+            raise LADError(f"--{name} is not used by lad-hf ({_NO_OPS[name]}); remove it")
+    for key in recipe:
+        if key in _NO_OPS:
+            raise LADError(f"recipe {config_path!r}: {key} is not used by lad-hf ({_NO_OPS[key]}); delete the line")
+
+
 def _known_fields(types) -> Dict[str, object]:
     return {f.name: t for t in types for f in fields(t)}
 
@@ -298,6 +318,7 @@ def parse_values(types: Sequence[type], argv: Sequence[str], command: Optional[s
         raise SystemExit(0)
     argv, config_path = _split_config(argv)
     recipe = _load_recipe(config_path, types) if config_path else {}
+    refuse_no_ops(argv, recipe, config_path)
     parser = build_parser(types, command, description)
     if recipe:
         parser.set_defaults(**recipe)

@@ -41,7 +41,8 @@ def test_teacher_distill_evaluate_export_pipeline(tmp_path):
 
     ev = _run([sys.executable, "-m", "lad_hf", "evaluate", "--model_name_or_path", "teacher", *data,
                "--output_dir", "ev", "--use_cpu", "true", "--report_to", "none"], tmp_path)
-    metrics = json.loads(ev.stdout.strip().splitlines()[-1])
+    metrics = json.loads(ev.stdout)  # stdout is the JSON line only (`| jq` works); the table went to stderr
+    assert "eval_mean_iou" in ev.stderr and len(ev.stdout.strip().splitlines()) == 1
     assert "eval_mkl" in metrics and 0 <= metrics["eval_mean_iou"] <= 1 and "eval_iou_square" in metrics
 
     _run([sys.executable, "-m", "lad_hf", "export", "--model_path", "student", "--output_dir", "exported"], tmp_path)
@@ -105,3 +106,32 @@ def test_invalid_choice_exits_nonzero_in_subprocess(tmp_path):
     assert out.stderr.strip().splitlines() == [
         "lad-hf teacher: error: argument --consistency_loss/--consistency-loss: invalid choice: 'l7' "
         "(choose from 'cwd', 'kl', 'mse')"], out.stderr
+
+
+def test_version_and_no_op_flags(tmp_path, capsys):
+    from lad_hf import __version__
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"lad-hf {__version__}"
+    _one_line_error(capsys, ["train", "--do_train", "--output_dir", str(tmp_path / "o")], "--do_train is not used")
+    _one_line_error(capsys, ["evaluate", "--do-eval", "true"], "--do_eval is not used")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("do_eval: true\n")
+    _one_line_error(capsys, ["teacher", "--config", str(recipe)], "do_eval is not used by lad-hf")
+
+
+def test_log_lines_are_printed_once(tmp_path):
+    """lad_hf's handler sits on the `lad_hf` logger: huggingface_hub's warnings (its own handler) are not repeated
+    by a root handler, and lad_hf's own lines appear once."""
+    code = (
+        "from lad_hf.cli import _setup_logging\n"
+        "from lad_hf.trainers import SegmentationConfig\n"
+        "import logging\n"
+        f"_setup_logging(SegmentationConfig(output_dir={str(tmp_path / 'o')!r}, report_to=[]))\n"
+        "from huggingface_hub.utils import logging as hub_logging\n"
+        "hub_logging.get_logger('huggingface_hub.utils._http').warning('hub-retry-line')\n"
+        "logging.getLogger('lad_hf.data').warning('lad-line')\n"
+        "assert not logging.getLogger().handlers\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr.count("hub-retry-line") == 1 and out.stderr.count("lad-line") == 1, out.stderr

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
@@ -55,6 +57,20 @@ def _set_channels(config, c: int) -> None:
         bb.num_channels = c
 
 
+def _own_config(model: nn.Module) -> None:
+    """Give `model` a private copy of its config (and of its backbone config), in every submodule that holds it: a
+    config shared with another model (e.g. a student built with `from_config` from the same object) stays as it was."""
+    old = model.config
+    new = copy.deepcopy(old)
+    old_bb, new_bb = getattr(old, "backbone_config", None), getattr(new, "backbone_config", None)
+    for mod in model.modules():
+        cfg = getattr(mod, "config", None)
+        if cfg is old:
+            mod.config = new
+        elif old_bb is not None and cfg is old_bb:
+            mod.config = new_bb
+
+
 def is_label_assisted(model_or_config) -> bool:
     """True when the model (or config) takes the noised label as an extra input channel."""
     cfg = getattr(model_or_config, "config", model_or_config)
@@ -67,13 +83,15 @@ def add_label_channel(model: nn.Module, init: str = "zeros", scale: float = 0.1,
 
     `init="zeros"`: new weights W[:, C] = 0, so logits equal the original model's for any label channel
     (function preserving). `init="random"`: W[:, C] ~ scale · N(0, std(W[:, :C])) (the reference code's widening).
-    Sets `config.num_channels = C+1` and `config.label_assisted = True` so save/load round-trips.
+    Sets `config.num_channels = C+1` and `config.label_assisted = True` so save/load round-trips; the model gets its
+    own copy of the config first, so a config object shared with other models is left unchanged.
     """
     if init not in LABEL_CHANNEL_INITS:
         raise LADError(f"label channel init must be one of {LABEL_CHANNEL_INITS}, got {init!r}")
     if is_label_assisted(model):
         raise LADError(f"{type(model).__name__} is already label-assisted (config.label_assisted=True)")
     root, name, conv = _find_stem(model)
+    _own_config(model)
     c = conv.in_channels
     new = nn.Conv2d(
         c + 1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,

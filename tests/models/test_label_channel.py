@@ -229,3 +229,21 @@ def test_registered_type_without_stem_attribute_raises():
 
 
 # ------------------------------------------------------------------------------------------ overrides & building
+
+
+@pytest.mark.parametrize("name", ["segformer", "upernet-resnet"])
+def test_a_shared_config_is_left_unchanged(name):
+    """Teacher and student built with `from_config` from one config object: widening the teacher leaves the student
+    (and the shared config) plain, and every submodule of the teacher sees the teacher's own config."""
+    base, size = _build(name)
+    cfg = base.config
+    teacher, student = type(base)(cfg).eval(), type(base)(cfg).eval()
+    assert teacher.config is cfg and student.config is cfg
+    add_label_channel(teacher, init="random")
+    assert is_label_assisted(teacher) and not is_label_assisted(student) and not is_label_assisted(cfg)
+    assert image_channels(cfg) == 3 and image_channels(teacher.config) == 4
+    holders = [m for m in teacher.modules() if getattr(m, "config", None) is not None]
+    assert all(m.config is teacher.config or m.config is teacher.config.backbone_config for m in holders)
+    x = torch.randn(1, 3, size, size)
+    assert _logits(student, x).shape[1] == 4  # the student still takes plain images
+    assert _logits(teacher, torch.cat([x, torch.zeros_like(x[:, :1])], 1)).shape[1] == 4
