@@ -97,12 +97,6 @@ def apply_lora(model, lora_args: LoraArguments):
     return get_peft_model(model, cfg)
 
 
-def trainable_summary(model) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / max(total, 1):.4f}"
-
-
 def hub_repo_id(value, roots: Iterable[str] = (), allow_single: bool = True) -> Optional[str]:
     """`value` when it names a Hub repo (`user/name`), else None: local paths (absolute, relative, existing under
     the working directory or any of `roots`), empty values and invalid ids are not Hub ids.
@@ -188,7 +182,7 @@ def maybe_apply_lora(model, lora_args: LoraArguments, training_args, base_model_
     peft_model = apply_lora(model, lora_args)
     peft_model.peft_config["default"].base_model_name_or_path = hub_id
     peft_model.create_or_update_model_card = _hub_safe_model_card(peft_model, hub_id)
-    print(trainable_summary(peft_model), flush=True)
+    peft_model.print_trainable_parameters()  # "trainable params: ... || all params: ... || trainable%: ..."
     return peft_model
 
 

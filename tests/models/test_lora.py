@@ -89,6 +89,18 @@ def test_trainable_parts_and_frozen_backbone():
     assert frac < 0.10
 
 
+def test_maybe_apply_lora_prints_peft_trainable_summary(tmp_path, capsys):
+    """PEFT's `print_trainable_parameters` line, with the counts of the wrapped model."""
+    from lad_hf.trainers import SegmentationConfig
+
+    args = SegmentationConfig(output_dir=str(tmp_path / "o"), use_cpu=True, report_to=[])
+    peft = maybe_apply_lora(tiny(), LoraArguments(use_lora=True), args, base_model_id="")
+    line = [s for s in capsys.readouterr().out.splitlines() if "trainable%" in s][-1]
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft.parameters())
+    assert line == f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+
+
 def test_dpt_lora_student_saves_and_merges(tmp_path):
     """DPT's head holds a module named head.head: modules_to_save must not wrap both (PEFT matches by suffix)."""
     from lad_hf.models.lora import load_merged
