@@ -29,3 +29,9 @@ def test_two_setup_commands_and_quickstart_runs(tmp_path, monkeypatch):
     assert scope["trainer"].state.global_step == 2
     assert (tmp_path / "student" / "model.safetensors").is_file()
     assert scope["teacher"].config.label_assisted and scope["student"].config.num_channels == 3
+    # the Python path writes the training record and lad_hf's card too: a distilled student, not a "baseline"
+    from lad_hf.export import export_model
+
+    export_model(str(tmp_path / "student"), str(tmp_path / "export"))
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "## How it was distilled" in card and "| μ (distill_weight) | 3 |" in card and "baseline" not in card
