@@ -169,10 +169,7 @@ def metric_rows(metrics: Dict) -> List[str]:
     return rows
 
 
-def _names(model, info: Dict, model_path: Optional[str]) -> Dict:
-    from .export import hub_ids
-
-    ids = hub_ids(info, model_path)
+def _names(info: Dict, ids: Dict[str, str]) -> Dict:
     return {"base": ids.get("model_name_or_path") if not info.get("config_name") else None,
             "dataset": ids.get("dataset_name"), "teacher": ids.get("teacher_model_name_or_path")}
 
@@ -311,15 +308,10 @@ _COMMON_SETTINGS = [("lora", "LoRA"), ("max_steps", "max_steps"), ("num_train_ep
                     ("config_overrides", "config_overrides")]
 
 
-def _teacher_lines(info, names, model_path) -> List[str]:
-    from .export import _roots, teacher_metrics
-
+def _teacher_lines(info, names, t_eval) -> List[str]:
     teacher = names["teacher"]
     lines = [f"Teacher: [{teacher}](https://huggingface.co/{teacher})." if teacher
              else "Teacher: a local model (not on the Hub)."]
-    t_eval = info.get("teacher_eval") or {}
-    if not t_eval and not teacher:
-        t_eval = teacher_metrics(info.get("teacher_model_name_or_path"), _roots(model_path))
     if info.get("teacher_label_assisted"):
         t_gain, t_miou = _finite(t_eval.get("eval_label_gain")), _finite(t_eval.get("eval_mean_iou"))
         if t_gain is not None:
@@ -335,12 +327,12 @@ def _teacher_lines(info, names, model_path) -> List[str]:
     return lines + [""]
 
 
-def _how_trained(info, kind, names, model_path) -> List[str]:
+def _how_trained(info, kind, names, t_eval) -> List[str]:
     if not info:
         return []
     lines = ["## How it was distilled" if kind == "distilled" else "## How it was trained", ""]
     if kind == "distilled":
-        lines += _teacher_lines(info, names, model_path)
+        lines += _teacher_lines(info, names, t_eval)
     keys = _SETTINGS.get(kind, []) + _COMMON_SETTINGS
     rows = [f"| {shown} | {_fmt(info[key])} |" for key, shown in keys if info.get(key) is not None
             and not (key == "num_train_epochs" and (info.get("max_steps") or 0) > 0)]
@@ -354,17 +346,21 @@ def _citation() -> List[str]:
 
 def model_card(model, info: Dict, metrics: Optional[Dict] = None, repo_id: Optional[str] = None,
                preprocessing: Optional[str] = None, model_path: Optional[str] = None, license: Optional[str] = None,
-               tags: Optional[List[str]] = None, model_name: Optional[str] = None, adapter: bool = False) -> str:
+               tags: Optional[List[str]] = None, model_name: Optional[str] = None, adapter: bool = False,
+               hub_ids: Optional[Dict[str, str]] = None, teacher_eval: Optional[Dict] = None) -> str:
     """README.md for the Hub: metadata (library, task, base model, datasets, licence, model-index) and a text that
     says what kind of model this is, how to use it, how it was evaluated (mean IoU first) and trained, and the paper.
 
-    `license`, `tags`, `model_name` override or extend what the record gives; `adapter` is a LoRA (PEFT) folder.
+    `hub_ids`: the record's names that are Hub ids (`lad_hf.export.hub_ids`; nothing else is named); `teacher_eval`:
+    the teacher's own evaluation (default: the record's). `license`, `tags`, `model_name` override or extend what the
+    record gives; `adapter` is a LoRA (PEFT) folder.
     """
     from huggingface_hub import ModelCard
 
     metrics = {_eval_key(k): v for k, v in (metrics or info.get("eval_metrics") or {}).items()}
     kind = model_kind(model, info)
-    names = _names(model, info, model_path)
+    names = _names(info, hub_ids or {})
+    t_eval = teacher_eval if teacher_eval is not None else info.get("teacher_eval") or {}
     mt = model.config.model_type
     name = model_name or repo_id or {"teacher": f"{mt}-lad-teacher", "distilled": f"{mt}-lad-student",
                                      "baseline": f"{mt}-baseline", "unknown": f"{mt}-segmentation"}[kind]
@@ -374,5 +370,5 @@ def model_card(model, info: Dict, metrics: Optional[Dict] = None, repo_id: Optio
     lines += _usage(kind, repo_id or "path/to/this/folder", adapter)
     if preprocessing:
         lines += ["## Preprocessing", "", preprocessing, ""]
-    lines += _evaluation(info, metrics, kind) + _how_trained(info, kind, names, model_path) + _citation()
+    lines += _evaluation(info, metrics, kind) + _how_trained(info, kind, names, t_eval) + _citation()
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))

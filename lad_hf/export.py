@@ -122,6 +122,16 @@ def hub_ids(info: Dict, model_path: Optional[str] = None) -> Dict[str, str]:
     return {k: v for k in HUB_KEYS if (v := hub_repo_id(info.get(k), roots, allow_single=False))}
 
 
+def card_inputs(info: Dict, model_path: Optional[str] = None) -> Dict:
+    """What `lad_hf.card.model_card` needs from the record besides it: its Hub ids and the teacher's evaluation
+    (recorded, else read beside a local teacher folder)."""
+    ids = hub_ids(info, model_path)
+    t_eval = info.get("teacher_eval") or {}
+    if not t_eval and not ids.get("teacher_model_name_or_path"):
+        t_eval = teacher_metrics(info.get("teacher_model_name_or_path"), _roots(model_path))
+    return {"hub_ids": ids, "teacher_eval": t_eval}
+
+
 def public_training_info(info: Dict, model_path: Optional[str] = None) -> Dict:
     """The record as published with the export: local paths replaced by `(local)`; no token."""
     ids = hub_ids(info, model_path)
@@ -248,7 +258,7 @@ def export_model(model_path: str, output_dir: str, metrics: Optional[Dict] = Non
     processor, note = export_processor(model_path, model, info)
     processor.save_pretrained(output_dir)
     card = model_card(model, info, metrics, repo_id, preprocessing=note, model_path=model_path, license=license,
-                      tags=tags, model_name=model_name)
+                      tags=tags, model_name=model_name, **card_inputs(info, model_path))
     with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
     if info:

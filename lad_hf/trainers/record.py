@@ -38,17 +38,17 @@ class TrainingRecordMixin:
 
     def write_record_and_card(self, model_name: Optional[str] = None, tags=None, license: Optional[str] = None) -> None:
         """`lad_training_info.json` and README.md in `output_dir` (main process only)."""
-        from ..export import write_training_info
+        from ..export import card_inputs, read_training_info, write_training_info
 
         if not self.is_world_process_zero():
             return
-        info = self.training_record()
-        write_training_info(self.args.output_dir, info)
+        write_training_info(self.args.output_dir, self.training_record())
+        info = read_training_info(self.args.output_dir)  # with its Hub ids and the teacher's evaluation
         model = self.accelerator.unwrap_model(self.model)
         repo = self.args.hub_model_id if self.args.push_to_hub else None
         card = model_card(model, info, repo_id=repo, model_path=self.args.output_dir, license=license,
                           tags=[tags] if isinstance(tags, str) else tags, model_name=model_name,
-                          adapter=hasattr(model, "peft_config"))
+                          adapter=hasattr(model, "peft_config"), **card_inputs(info, self.args.output_dir))
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)
 
