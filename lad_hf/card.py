@@ -43,7 +43,8 @@ RECORD_FIELDS = (
     "distill_loss", "distill_tau", "distill_weight", "fixed_class_encoding", "teacher_model_name_or_path",
 )
 # the teacher's evaluation kept with it (`config.lad_eval`) and copied into a student's record
-TEACHER_EVAL_KEYS = ("eval_mean_iou", "eval_label_gain", "eval_mean_iou_no_label")
+TEACHER_EVAL_KEYS = ("eval_mean_iou", "eval_label_gain", "eval_mean_iou_no_label", "eval_label_gain_shuffled",
+                     "eval_mean_iou_shuffled_label")
 _SKIP_METRICS = ("_runtime", "_per_second", "epoch", "_model_preparation_time")
 
 
@@ -144,6 +145,8 @@ _SUMMARY = (
     ("eval_mean_iou", "mean IoU", "%"),
     ("eval_mean_iou_no_label", "mean IoU with the label channel 0", "%"),
     ("eval_label_gain", "label_gain (mean IoU with the label minus without)", "points"),
+    ("eval_mean_iou_shuffled_label", "mean IoU with another image's noised label", "%"),
+    ("eval_label_gain_shuffled", "label_gain_shuffled (mean IoU with its label minus with another's)", "points"),
     ("eval_mean_accuracy", "mean class accuracy", "%"),
     ("eval_overall_accuracy", "pixel accuracy", "%"),
     ("eval_mkl", "mKL (agreement across noise draws, x100)", ""),
@@ -285,7 +288,8 @@ def _evaluation(info, metrics, kind) -> List[str]:
     gain = _finite(metrics.get("eval_label_gain"))
     if kind == "teacher" and gain is not None:
         lines += [f"label_gain = {_pct(gain)} points: mIoU with the noised label as input minus mIoU with the label "
-                  "channel set to 0. A teacher that ignores its label has label_gain 0.", ""]
+                  "channel set to 0 (label_gain_shuffled: minus mIoU with another image's noised label). A teacher "
+                  "that ignores its label has label_gain 0.", ""]
     return lines + ["| metric | value |", "|---|---|", *metric_rows(metrics), ""]
 
 
