@@ -336,71 +336,9 @@ def _add_row_index(ds):
     return ds.add_column(ROW_INDEX_COLUMN, np.arange(len(ds), dtype=np.int64))
 
 
-def load_segmentation_dataset(
-    data_args: DataArguments,
-    seed: int = 42,
-    *,
-    cache_dir: Optional[str] = None,
-    token: Optional[Union[str, bool]] = None,
-    trust_remote_code: bool = False,
-    require_train: bool = False,
-    all_splits: bool = False,
-):
-    """Load the data named by `data_args` -> `(DatasetDict, id2label)`.
-
-    The returned `DatasetDict` holds `"train"` and/or `"validation"` (whichever exist, the latter possibly
-    carved from train with `--train_val_split`), each truncated by `--max_*_samples` and carrying
-    `ROW_INDEX_COLUMN`. With `all_splits=True` it also holds every split under its own name (e.g. `"test"`, truncated
-    by `--max_eval_samples`), unless `"train"`/`"validation"` already names other rows. Rows are raw (no transform); call
-    `apply_transforms` next.
-
-    A local folder in one of the official layouts (ADEChallengeData2016, Cityscapes, VOCdevkit, COCO-Stuff 164K;
-    see `lad_hf.data.layouts`) is loaded as such: its splits come from its folders (a split this run needs
-    that is missing raises `LADError` naming the folders) and, unless `--label_set`, `--id2label` or
-    `--label_map` is given, its label set is applied: `data_args.label_set` is set, so the transforms and
-    checks built from `data_args` next remap the raw mask values the same way.
-
-    `id2label` (`{int: str}`, ids 0..K-1) comes from `--id2label`, else the label set, else the label
-    column's `ClassLabel` names, else `id2label.json` next to the data (local folder) or in the Hub dataset
-    repo; with `--do_reduce_labels` (and no label set/map) it goes through `reduce_id2label`. Without any
-    source it raises `LADError` asking for `--label_set` or `--id2label`.
-
-    `cache_dir`, `token` and `trust_remote_code` go to `datasets.load_dataset` for Hub datasets (the last
-    one only when true; datasets >= 4 no longer runs loading scripts and only logs it).
-    """
-    import datasets
-
-    name = data_args.dataset_name
-    if not name:
-        raise LADError("no dataset given: pass --dataset_name (Hub id, or a local parquet/save_to_disk/image folder)")
-    local = os.path.expanduser(name)
-    if data_args.data_dir and os.path.isdir(local):
-        local = os.path.join(local, data_args.data_dir)
-    looks_local = local.startswith((".", "/", "~")) or os.path.isabs(local) or name.count("/") > 1 or name.endswith(".parquet")
-    layout_label_set: Optional[str] = None
-    if os.path.exists(local):
-        layout = None
-        if os.path.isdir(local) and not any(
-            os.path.isfile(os.path.join(local, f)) for f in ("dataset_dict.json", "state.json")
-        ):
-            layout = detect_layout(local)
-        if layout is not None:
-            # splits this run needs: a missing one is an error naming the folders expected
-            require = [_canonical_split(data_args.train_split)] if require_train else []
-            if not data_args.train_val_split:
-                require.append(_canonical_split(data_args.eval_split))
-            raw, layout_label_set = load_layout(
-                local, layout, require=require, skip_bad_samples=data_args.skip_bad_samples
-            )
-        else:
-            raw = _load_local(local, data_args, cache_dir)
-        is_local = True
-    elif looks_local:
-        raise LADError(f"dataset path {local} does not exist; check --dataset_name (a folder, .parquet file or Hub id)")
-    else:
-        raw = _load_hub(data_args, cache_dir, token, trust_remote_code)
-        is_local = False
-
+def _select_splits(raw, data_args: DataArguments, name: str, seed: int, require_train: bool,
+                   all_splits: bool) -> Dict[str, Any]:
+    """`{"train", "validation"[, every other split]}` out of the loaded splits, carved and truncated as asked."""
     available = list(raw.keys())
     train_key = _find_split(available, data_args.train_split)
     eval_key = _find_split(available, data_args.eval_split)
@@ -445,25 +383,11 @@ def load_segmentation_dataset(
         limit = data_args.max_train_samples if key == "train" else data_args.max_eval_samples
         if limit is not None and limit < len(out[key]):
             out[key] = out[key].select(range(int(limit)))
-    dsd = datasets.DatasetDict(out)
+    return out
 
-    image_col, label_col = resolve_columns(dsd, data_args.image_column, data_args.label_column)
 
-    # Label set: explicit --label_set, else the one of a detected official layout (unless --id2label/--label_map
-    # say otherwise). It is recorded in data_args, which the transforms and checks read next.
-    if layout_label_set and not data_args.label_set:
-        if data_args.id2label or data_args.label_map:
-            logger.info(
-                "%s is in the %s layout; --id2label/--label_map given, so its label set is not applied (add "
-                "--label_set %s to keep its raw-id remapping)", name, layout_label_set, layout_label_set,
-            )
-        else:
-            data_args.label_set = layout_label_set
-            logger.info("%s: official %s layout, using --label_set %s (%d classes)", name, layout_label_set,
-                        layout_label_set, get_label_set(layout_label_set).num_labels)
-    label_map, reduce = label_decoding(data_args)  # conflicts (e.g. --do_reduce_labels) fail here
-
-    # Label names.
+def _find_id2label(dsd, data_args: DataArguments, label_col, name: str, is_local: bool, cache_dir, token):
+    """Class names: --id2label, else the label set, the ClassLabel feature, id2label.json (local or Hub repo)."""
     id2label: Optional[Dict[int, str]] = None
     if data_args.id2label:
         id2label = parse_id2label(data_args.id2label)
@@ -484,6 +408,100 @@ def load_segmentation_dataset(
             f"no class names found for {name} (no ClassLabel feature, no id2label.json); {hint} --id2label, e.g. "
             '\'{"0": "background", "1": "person"}\' or a JSON file, so the number of classes is known'
         )
+    return id2label
+
+
+def _load_raw(data_args: DataArguments, require_train: bool, cache_dir, token, trust_remote_code: bool):
+    """(raw splits, the label set of a detected official layout or None, whether the data is local)."""
+    name = data_args.dataset_name
+    if not name:
+        raise LADError("no dataset given: pass --dataset_name (Hub id, or a local parquet/save_to_disk/image folder)")
+    local = os.path.expanduser(name)
+    if data_args.data_dir and os.path.isdir(local):
+        local = os.path.join(local, data_args.data_dir)
+    looks_local = local.startswith((".", "/", "~")) or os.path.isabs(local) or name.count("/") > 1 or name.endswith(".parquet")
+    layout_label_set: Optional[str] = None
+    if os.path.exists(local):
+        layout = None
+        if os.path.isdir(local) and not any(
+            os.path.isfile(os.path.join(local, f)) for f in ("dataset_dict.json", "state.json")
+        ):
+            layout = detect_layout(local)
+        if layout is not None:
+            # splits this run needs: a missing one is an error naming the folders expected
+            require = [_canonical_split(data_args.train_split)] if require_train else []
+            if not data_args.train_val_split:
+                require.append(_canonical_split(data_args.eval_split))
+            raw, layout_label_set = load_layout(
+                local, layout, require=require, skip_bad_samples=data_args.skip_bad_samples
+            )
+        else:
+            raw = _load_local(local, data_args, cache_dir)
+        is_local = True
+    elif looks_local:
+        raise LADError(f"dataset path {local} does not exist; check --dataset_name (a folder, .parquet file or Hub id)")
+    else:
+        raw = _load_hub(data_args, cache_dir, token, trust_remote_code)
+        is_local = False
+
+    return raw, layout_label_set, is_local
+
+
+def load_segmentation_dataset(
+    data_args: DataArguments,
+    seed: int = 42,
+    *,
+    cache_dir: Optional[str] = None,
+    token: Optional[Union[str, bool]] = None,
+    trust_remote_code: bool = False,
+    require_train: bool = False,
+    all_splits: bool = False,
+):
+    """Load the data named by `data_args` -> `(DatasetDict, id2label)`.
+
+    The returned `DatasetDict` holds `"train"` and/or `"validation"` (whichever exist, the latter possibly
+    carved from train with `--train_val_split`), each truncated by `--max_*_samples` and carrying
+    `ROW_INDEX_COLUMN`. With `all_splits=True` it also holds every split under its own name (e.g. `"test"`, truncated
+    by `--max_eval_samples`), unless `"train"`/`"validation"` already names other rows. Rows are raw (no transform); call
+    `apply_transforms` next.
+
+    A local folder in one of the official layouts (ADEChallengeData2016, Cityscapes, VOCdevkit, COCO-Stuff 164K;
+    see `lad_hf.data.layouts`) is loaded as such: its splits come from its folders (a split this run needs
+    that is missing raises `LADError` naming the folders) and, unless `--label_set`, `--id2label` or
+    `--label_map` is given, its label set is applied: `data_args.label_set` is set, so the transforms and
+    checks built from `data_args` next remap the raw mask values the same way.
+
+    `id2label` (`{int: str}`, ids 0..K-1) comes from `--id2label`, else the label set, else the label
+    column's `ClassLabel` names, else `id2label.json` next to the data (local folder) or in the Hub dataset
+    repo; with `--do_reduce_labels` (and no label set/map) it goes through `reduce_id2label`. Without any
+    source it raises `LADError` asking for `--label_set` or `--id2label`.
+
+    `cache_dir`, `token` and `trust_remote_code` go to `datasets.load_dataset` for Hub datasets (the last
+    one only when true; datasets >= 4 no longer runs loading scripts and only logs it).
+    """
+    import datasets
+
+    name = data_args.dataset_name
+    raw, layout_label_set, is_local = _load_raw(data_args, require_train, cache_dir, token, trust_remote_code)
+    dsd = datasets.DatasetDict(_select_splits(raw, data_args, name, seed, require_train, all_splits))
+
+    image_col, label_col = resolve_columns(dsd, data_args.image_column, data_args.label_column)
+
+    # Label set: explicit --label_set, else the one of a detected official layout (unless --id2label/--label_map
+    # say otherwise). It is recorded in data_args, which the transforms and checks read next.
+    if layout_label_set and not data_args.label_set:
+        if data_args.id2label or data_args.label_map:
+            logger.info(
+                "%s is in the %s layout; --id2label/--label_map given, so its label set is not applied (add "
+                "--label_set %s to keep its raw-id remapping)", name, layout_label_set, layout_label_set,
+            )
+        else:
+            data_args.label_set = layout_label_set
+            logger.info("%s: official %s layout, using --label_set %s (%d classes)", name, layout_label_set,
+                        layout_label_set, get_label_set(layout_label_set).num_labels)
+    label_map, reduce = label_decoding(data_args)  # conflicts (e.g. --do_reduce_labels) fail here
+
+    id2label = _find_id2label(dsd, data_args, label_col, name, is_local, cache_dir, token)
     if reduce:
         id2label = reduce_id2label(id2label)
     if not id2label:
