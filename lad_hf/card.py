@@ -154,15 +154,25 @@ _SUMMARY = (
 )
 
 
-def metric_rows(metrics: Dict) -> List[str]:
-    """Markdown rows: mean IoU first (in %), the other summary metrics, then IoU per class (in %), then the rest."""
+def _class_keys(metrics: Dict, num_labels: int, id2label) -> List[str]:
+    """The per-class IoU keys in class-id order (as `lad_hf.metrics.flatten_metrics` names them), then any others."""
+    from .metrics import _class_name
+
+    ordered = [f"eval_iou_{_class_name(k, id2label)}" for k in range(num_labels)]
+    ordered = [k for k in ordered if k in metrics]
+    return ordered + sorted(k for k in metrics if k.startswith("eval_iou_") and k not in ordered)
+
+
+def metric_rows(metrics: Dict, num_labels: int = 0, id2label=None) -> List[str]:
+    """Markdown rows: mean IoU first (in %), the other summary metrics, then IoU per class in class-id order (in %),
+    then the rest."""
     rows, done = [], set()
     for key, name, unit in _SUMMARY:
         v = _finite(metrics.get(key))
         if v is not None:
             rows.append(f"| {name} | {_pct(v) if unit else _fmt(v)}{' ' + unit if unit else ''} |")
             done.add(key)
-    for key in sorted(k for k in metrics if k.startswith("eval_iou_")):
+    for key in _class_keys(metrics, num_labels, id2label):
         v = _finite(metrics[key])
         rows.append(f"| IoU {key[len('eval_iou_'):]} | {_pct(v) + ' %' if v is not None else 'n/a (class absent)'} |")
         done.add(key)
@@ -232,27 +242,28 @@ _INTRO = {
 def _intro(model, info, kind, names, licence, adapter) -> List[str]:
     base = names["base"]
     teacher_kind = "label-assisted" if info.get("teacher_label_assisted") else "plain"
-    lines = [_INTRO[kind].format(mt=model.config.model_type, k=model.config.num_labels, teacher_kind=teacher_kind), ""]
+    lines = [_INTRO[kind].format(mt=model.config.model_type, k=model.config.num_labels, teacher_kind=teacher_kind)]
+    facts: List[str] = []
     if base:
-        lines.append(f"Initialised from [{base}](https://huggingface.co/{base}).")
+        facts.append(f"Initialised from [{base}](https://huggingface.co/{base}).")
     elif info.get("config_name"):
-        lines.append("Built from a model configuration, without pretrained weights.")
+        facts.append("Built from a model configuration, without pretrained weights.")
     elif info.get("model_name_or_path"):
-        lines.append("Initialised from local pretrained weights (not on the Hub).")
+        facts.append("Initialised from local pretrained weights (not on the Hub).")
     if names["dataset"]:
-        lines.append(f"Trained on [{names['dataset']}](https://huggingface.co/datasets/{names['dataset']}).")
+        facts.append(f"Trained on [{names['dataset']}](https://huggingface.co/datasets/{names['dataset']}).")
     elif info.get("dataset_name"):
-        lines.append("Trained on a local dataset (not on the Hub).")
+        facts.append("Trained on a local dataset (not on the Hub).")
     if licence:
         where = f" ({licence[2]})" if licence[2] else ""
         whose = f", that of the base model {base}" if base and licence == base_model_license(base) else ""
-        lines.append(f"Licence: `{licence[1] or licence[0]}`{where}{whose}.")
+        facts.append(f"Licence: `{licence[1] or licence[0]}`{where}{whose}.")
     if adapter:
-        lines.append("This folder holds LoRA adapters (PEFT) for a frozen base model; `lad-hf export --model_path "
+        facts.append("This folder holds LoRA adapters (PEFT) for a frozen base model; `lad-hf export --model_path "
                      "<this folder>` merges them into a plain transformers model.")
     elif info.get("lora"):
-        lines.append("Trained with LoRA adapters on a frozen backbone; the adapters are merged into these weights.")
-    return lines + [""]
+        facts.append("Trained with LoRA adapters on a frozen backbone; the adapters are merged into these weights.")
+    return lines + ([""] + facts if facts else []) + [""]
 
 
 def _usage(kind, repo, adapter) -> List[str]:
@@ -279,7 +290,7 @@ def _usage(kind, repo, adapter) -> List[str]:
             f"`lad-hf predict --model_name_or_path {repo} --input images/ --output_dir masks --overlay true`.", ""]
 
 
-def _evaluation(info, metrics, kind) -> List[str]:
+def _evaluation(model, info, metrics, kind) -> List[str]:
     if not metrics:
         return []
     split = info.get("eval_split")
@@ -290,7 +301,8 @@ def _evaluation(info, metrics, kind) -> List[str]:
         lines += [f"label_gain = {_pct(gain)} points: mIoU with the noised label as input minus mIoU with the label "
                   "channel set to 0 (label_gain_shuffled: minus mIoU with another image's noised label). A teacher "
                   "that ignores its label has label_gain 0.", ""]
-    return lines + ["| metric | value |", "|---|---|", *metric_rows(metrics), ""]
+    rows = metric_rows(metrics, model.config.num_labels, getattr(model.config, "id2label", None))
+    return lines + ["| metric | value |", "|---|---|", *rows, ""]
 
 
 # settings shown per kind: (record key, shown name)
@@ -374,5 +386,5 @@ def model_card(model, info: Dict, metrics: Optional[Dict] = None, repo_id: Optio
     lines += _usage(kind, repo_id or "path/to/this/folder", adapter)
     if preprocessing:
         lines += ["## Preprocessing", "", preprocessing, ""]
-    lines += _evaluation(info, metrics, kind) + _how_trained(info, kind, names, t_eval) + _citation()
+    lines += _evaluation(model, info, metrics, kind) + _how_trained(info, kind, names, t_eval) + _citation()
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))

@@ -53,7 +53,8 @@ def test_python_distillation_then_export_has_lad_card(tmp_path, tensor_dataset):
     assert "num_train_epochs" not in text and "| max_steps | 2 |" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and " %" in line]
     assert rows[0] == f"| mean IoU | {100 * metrics['eval_mean_iou']:.2f} % |"
-    assert any(r.startswith("| IoU square |") for r in rows)
+    assert [r.split(" |")[0] for r in rows if r.startswith("| IoU ")] == [  # class-id order
+        "| IoU background", "| IoU square", "| IoU disc", "| IoU bar"]
     assert "arXiv:2407.13254" in text and "@article{qiu2024lad" in text
     assert str(tmp_path) not in _all_text(out)
 
