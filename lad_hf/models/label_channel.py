@@ -62,6 +62,9 @@ def _own_config(model: nn.Module) -> None:
     config shared with another model (e.g. a student built with `from_config` from the same object) stays as it was."""
     old = model.config
     new = copy.deepcopy(old)
+    # the widened model is no longer the one it was loaded from: no Hub id or folder names it (a student distilled from
+    # it would otherwise name e.g. nvidia/mit-b0 as its teacher)
+    new._name_or_path = ""
     old_bb, new_bb = getattr(old, "backbone_config", None), getattr(new, "backbone_config", None)
     for mod in model.modules():
         cfg = getattr(mod, "config", None)
@@ -84,7 +87,8 @@ def add_label_channel(model: nn.Module, init: str = "zeros", scale: float = 0.1,
     `init="zeros"`: new weights W[:, C] = 0, so logits equal the original model's for any label channel
     (function preserving). `init="random"`: W[:, C] ~ scale · N(0, std(W[:, :C])) (the reference code's widening).
     Sets `config.num_channels = C+1` and `config.label_assisted = True` so save/load round-trips; the model gets its
-    own copy of the config first, so a config object shared with other models is left unchanged.
+    own copy of the config first (a config object shared with other models is left unchanged), whose `name_or_path`
+    is cleared: the widened model is no longer the checkpoint it was loaded from.
     """
     if init not in LABEL_CHANNEL_INITS:
         raise LADError(f"label channel init must be one of {LABEL_CHANNEL_INITS}, got {init!r}")

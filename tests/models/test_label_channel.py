@@ -237,11 +237,13 @@ def test_a_shared_config_is_left_unchanged(name):
     (and the shared config) plain, and every submodule of the teacher sees the teacher's own config."""
     base, size = _build(name)
     cfg = base.config
+    cfg._name_or_path = "nvidia/mit-b0"  # as if loaded from the Hub
     teacher, student = type(base)(cfg).eval(), type(base)(cfg).eval()
     assert teacher.config is cfg and student.config is cfg
     add_label_channel(teacher, init="random")
     assert is_label_assisted(teacher) and not is_label_assisted(student) and not is_label_assisted(cfg)
     assert image_channels(cfg) == 3 and image_channels(teacher.config) == 4
+    assert teacher.config.name_or_path == "" and cfg.name_or_path == "nvidia/mit-b0"  # no longer that checkpoint
     holders = [m for m in teacher.modules() if getattr(m, "config", None) is not None]
     assert all(m.config is teacher.config or m.config is teacher.config.backbone_config for m in holders)
     x = torch.randn(1, 3, size, size)
