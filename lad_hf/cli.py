@@ -164,28 +164,53 @@ def _info(model_args, data_args, training_args, extra=None) -> Dict:
 
 
 def _train_and_save(trainer, model_args, data_args, training_args, extra_info=None):
+    """Train, then write the final model atomically: weights, config, processor, state, metrics and record go to a
+    staging folder that is committed as a whole (`run_folder.commit`), evaluated before the commit, pushed after it."""
     from .export import write_training_info
+    from .run_folder import commit, stage_dir, STAGE
 
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if trainer.is_world_process_zero():  # before save_model, which pushes the folder with --push_to_hub
-        write_training_info(training_args.output_dir, _info(model_args, data_args, training_args, extra_info))
-    trainer.save_model()
+    out, main_process = training_args.output_dir, trainer.is_world_process_zero()
+    stage = stage_dir(out) if main_process else os.path.join(out, STAGE)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(stage, _internal_call=True)  # every process (FSDP/DeepSpeed gather); no push before the commit
     trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    metrics = {}
+    metrics, failure = {}, None
     if trainer.eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    skipped = _report_skipped(data_args) if trainer.is_world_process_zero() else {}
-    if trainer.is_world_process_zero():
+        try:
+            metrics = trainer.evaluate()
+            trainer.log_metrics("eval", metrics)
+        except LADError as e:  # the trained model is still committed, without metrics
+            failure = e
+    if main_process:
+        _write_results(stage, result.metrics, metrics)
+        trainer.state.save_to_json(os.path.join(stage, "trainer_state.json"))
         info = _info(model_args, data_args, training_args, extra_info)
         info["eval_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if getattr(trainer, "resume_changes", None):
+            info["resumed_with_changes"] = {k: list(v) for k, v in trainer.resume_changes.items()}
+        skipped = _report_skipped(data_args)
         if skipped:
             info["skipped_bad_samples"] = skipped
-        write_training_info(training_args.output_dir, info)
+        write_training_info(stage, info)
+        commit(out)
+    trainer.accelerator.wait_for_everyone()
+    if failure is not None:
+        raise failure
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="End of training")
     return metrics
+
+
+def _write_results(folder: str, train: Dict, evaluation: Dict) -> None:
+    """train_results.json, eval_results.json and all_results.json (as `Trainer.save_metrics`), into `folder`."""
+    from .metrics import json_safe
+
+    files = {"train_results.json": train, "eval_results.json": evaluation, "all_results.json": {**train, **evaluation}}
+    for name, values in files.items():
+        if values:
+            with open(os.path.join(folder, name), "w") as f:
+                json.dump(json_safe(values), f, indent=4, sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -197,9 +222,17 @@ def _hub_base(model_args) -> str:
 
 
 
-def _check_output(args) -> None:
+def _check_output(args, training: bool = True) -> None:
     check_output_dir(args.output_dir)
     _RUN["output_dir"] = args.output_dir
+    if training:  # one run per folder: refuse another run's folder, lock it, clear it with --overwrite_output_dir
+        from .run_folder import acquire_lock, check_run_folder, clear_run_folder
+
+        check_run_folder(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+        if args.process_index == 0:
+            acquire_lock(args.output_dir)
+            if args.overwrite_output_dir:
+                clear_run_folder(args.output_dir)
     if getattr(args, "push_to_hub", False) and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise LADError("--push_to_hub needs the Hub, which is offline (HF_HUB_OFFLINE=1); train without it and push "
                        "later with `lad-hf export --push_to_hub true`")
@@ -342,10 +375,13 @@ def _evaluate(model_args, data_args, args, save: bool):
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     if trainer.is_world_process_zero():
+        from .metrics import json_safe
+
         _report_skipped(data_args)
         if save:
-            trainer.save_metrics("eval", metrics, combined=False)
-        print(json.dumps({k: v for k, v in metrics.items()}, default=float))
+            with open(os.path.join(args.output_dir, "eval_results.json"), "w") as f:
+                json.dump(json_safe(metrics), f, indent=4, sort_keys=True)
+        print(json.dumps(json_safe(metrics), allow_nan=False))
     return metrics
 
 
@@ -413,6 +449,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     _silence_torchvision_fallback()
     _RUN.clear()
+    from .run_folder import release_locks
+
     try:
         COMMANDS[cmd](argv)
     except SystemExit as e:  # --help
@@ -430,4 +468,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"lad-hf {cmd}: error: {io_error_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        release_locks()
     return 0

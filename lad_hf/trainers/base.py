@@ -186,6 +186,9 @@ class LADTrainerBase(CheckpointMixin, Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             _, logits, extra = self.eval_forward(model, inputs)
         no_label = extra.pop("@no_label", None)
+        if not bool(torch.isfinite(logits).all()):
+            raise LADError("the model's logits are NaN or infinite on an evaluation batch: its weights are damaged "
+                           "(or overflow in this precision); evaluate a healthy checkpoint")
         loss, cm = self._confusion(logits, labels)
         self.metric.add_confusion(cm)
         if no_label is not None:

@@ -152,6 +152,35 @@ def last_complete_checkpoint(output_dir: str) -> Optional[str]:
     return None
 
 
+def apply_run_settings(optimizer, scheduler, fresh) -> dict:
+    """After a resume restored the checkpoint's optimizer/scheduler state: put back this run's hyper-parameters
+    (`fresh`: the param groups as this run built them) and, for LambdaLR schedules (all of transformers' step
+    schedules), its base rate; the current rate becomes this run's schedule at the restored step. Returns
+    {setting: (checkpoint's, applied)} for what changed."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    changed = {}
+    for group, new in zip(optimizer.param_groups, fresh):
+        for key, value in new.items():
+            same = list(group[key]) == list(value) if isinstance(value, (tuple, list)) and key in group else None
+            if key != "lr" and key in group and not (same if same is not None else group[key] == value):
+                changed.setdefault("learning_rate" if key == "initial_lr" else key, (group[key], value))
+                group[key] = value
+    if isinstance(scheduler, LambdaLR):
+        step, before = scheduler.last_epoch, [g["lr"] for g in optimizer.param_groups]
+        scheduler.base_lrs = [g.get("initial_lr", b) for g, b in zip(optimizer.param_groups, scheduler.base_lrs)]
+        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(step)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        if any(not math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) for a, b in zip(before, scheduler._last_lr)):
+            changed[f"learning rate at step {step}"] = (before[0], scheduler._last_lr[0])
+    elif "learning_rate" in changed:
+        raise LADError(f"--lr_scheduler_type {type(scheduler).__name__} keeps its own rate on resume: resume with the "
+                       "run's --learning_rate, or start a new run")
+    return {k: (float(a) if isinstance(a, float) else a, float(b) if isinstance(b, float) else b)
+            for k, (a, b) in changed.items()}
+
+
 class CheckpointMixin:
     """Trainer overrides for complete-checkpoint resume, weight loading through `from_pretrained`, noiser state."""
 
@@ -274,7 +303,24 @@ class CheckpointMixin:
         loss = float(losses[-1]) if losses else math.nan
         return TrainOutput(state.global_step, loss, {"train_runtime": 0.0, "epoch": state.epoch or 0.0})
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Load the checkpoint's optimizer and scheduler state, then apply this run's settings (`--learning_rate`,
+        `--lr_scheduler_type`, `--max_steps`, warmup, weight decay, betas ...) from the restored step, and say so."""
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups] \
+            if checkpoint and self.optimizer is not None else None
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except (ValueError, KeyError) as e:
+            raise LADError(f"the optimizer state of {checkpoint} does not fit this run's optimizer (--optim "
+                           f"{self.args.optim}): {str(e).splitlines()[0]}; resume with the run's own --optim") from None
+        if fresh:
+            self.resume_changes = apply_run_settings(self.optimizer, self.lr_scheduler, fresh)
+            if self.resume_changes:
+                shown = "; ".join(f"{k} {old} -> {new}" for k, (old, new) in self.resume_changes.items())
+                logger.warning("resuming from %s with changed settings, applied from its step on: %s", checkpoint, shown)
+
     def train(self, resume_from_checkpoint=None, **kwargs):
+        self.resume_changes = {}
         resume_from_checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
         if resume_from_checkpoint:
             done = self.finished_run(resume_from_checkpoint)

@@ -41,6 +41,10 @@ class SegmentationConfig(TrainingArguments):
     eval_window_stride: Optional[int] = field(
         default=None, metadata={"help": "Sliding-window stride (default: 2/3 of the window)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the run already in --output_dir (its checkpoints and final model are "
+                                         "removed); without it, a used --output_dir is refused unless resuming."}
+    )
     logging_nan_inf_filter: bool = field(
         default=False, metadata={"help": "Off: lad_hf stops on a non-finite loss instead (and avoids a host sync per step)."}
     )
