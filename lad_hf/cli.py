@@ -396,6 +396,8 @@ class ExportArguments:
     hub_token: Optional[str] = field(default=None, metadata={"help": "Hub token (default: the logged-in token)."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the repo as private."})
     allow_label_assisted: bool = field(default=False, metadata={"help": "Also export a label-assisted teacher."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a non-empty --output_dir (refused without it)."})
 
 
 def cmd_export(argv):
@@ -404,6 +406,7 @@ def cmd_export(argv):
 
     (a,) = parse_args([ExportArguments], argv, "export", cmd_export.__doc__)
     _RUN["output_dir"] = a.output_dir
+    _check_export_target(a)
     metrics = None
     for name in ("eval_results.json", "all_results.json"):
         p = os.path.join(a.model_path, name)
@@ -418,6 +421,22 @@ def cmd_export(argv):
         url = push_folder(out, a.hub_model_id, token=a.hub_token, private=a.hub_private_repo)
         print(f"pushed to {url}")
     return out
+
+
+def _check_export_target(a) -> None:
+    """--output_dir is a new folder: never the model's own folder (or inside it), never a used one unless replaced."""
+    from .run_folder import nonempty, restore_folder
+
+    src, dst = os.path.realpath(a.model_path), os.path.realpath(a.output_dir)
+    if dst == src or dst.startswith(src + os.sep):
+        raise LADError(f"--output_dir {a.output_dir!r} is (inside) --model_path: export writes a new folder and would "
+                       "replace the run's own record; choose another --output_dir")
+    check_output_dir(a.output_dir)
+    restore_folder(a.output_dir)
+    found = nonempty(a.output_dir)
+    if found and not a.overwrite_output_dir:
+        raise LADError(f"--output_dir {a.output_dir!r} is not empty ({', '.join(found[:3])}{' ...' if len(found) > 3 else ''}); "
+                       "pass --overwrite_output_dir true to replace it, or choose another --output_dir")
 
 
 COMMANDS: Dict[str, Callable] = {

@@ -96,7 +96,7 @@ def _alive(pid: int) -> bool:
 def _read_lock(path: str):
     try:
         with open(path) as f:
-            pid, host = (f.read().split() + ["", ""])[:2]
+            pid, host = (f.read(256).split() + ["", ""])[:2]
         return int(pid), host
     except (OSError, ValueError):
         return None, ""
@@ -152,6 +152,8 @@ atexit.register(release_locks)
 def stage_dir(output_dir: str) -> str:
     """A fresh, empty staging folder inside `output_dir` for the final model."""
     stage = os.path.join(output_dir, STAGE)
+    if os.path.islink(stage) or os.path.isfile(stage):
+        os.remove(stage)
     shutil.rmtree(stage, ignore_errors=True)
     os.makedirs(stage)
     return stage

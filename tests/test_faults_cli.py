@@ -210,27 +210,23 @@ def test_output_dir_under_a_file_is_one_line_naming_the_path(tmp_path, capsys, d
     model = _save_segformer(tmp_path / "model")
     _one_line_error(capsys, ["evaluate", "--model_name_or_path", model, "--dataset_name", str(data), "--use_cpu", "true",
                              "--output_dir", out], f"{str(blocker)!r} is a file")
-    # export has no pre-flight check: the OSError of the real write is caught at the CLI boundary
+    # export checks its --output_dir before loading the model, as training does
     _one_line_error(capsys, ["export", "--model_path", model, "--output_dir", out],
-                    f"I/O error at {out!r}", f"({str(blocker)!r} is a file, not a folder)")
+                    f"--output_dir {out!r} cannot be created: {str(blocker)!r} is a file")
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full (every write fails with ENOSPC)")
 def test_full_disk_is_one_line_naming_the_output_dir(tmp_path, capsys, data):
-    # a file of the output folder that is /dev/full: the kernel answers its write with "No space left on device"
-    out = tmp_path / "student"
+    # a file of the output folder that is /dev/full: the kernel answers its write with "No space left on device".
+    # export and training write their final folder whole into a fresh staging folder (atomic save): evaluate writes
+    # its eval_results.json in place, so the full disk is met there
+    out = tmp_path / "ev"
     out.mkdir()
-    (out / "README.md").symlink_to("/dev/full")
+    (out / "eval_results.json").symlink_to("/dev/full")
     model = _save_segformer(tmp_path / "model")
-    _one_line_error(capsys, ["export", "--model_path", model, "--output_dir", str(out)],
+    _one_line_error(capsys, ["evaluate", "--model_name_or_path", model, "--dataset_name", str(data), "--use_cpu", "true",
+                             "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(out)],
                     f"I/O error while writing {str(out)!r}: No space left on device", "the disk is full")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "train_results.json").symlink_to("/dev/full")  # written by the Trainer after training
-    _one_line_error(capsys, ["train", "--dataset_name", str(data), *TINY, *FAST, "--max_steps", "1",
-                             "--eval_strategy", "no", "--output_dir", str(run)],
-                    f"I/O error while writing {str(run)!r}: No space left on device")
-
 
 
 def test_teacher_path_errors_name_the_path(tmp_path, capsys):

@@ -19,6 +19,7 @@ from ..metrics import StreamingMeanIoU, confusion_matrix_per_sample
 from ..models import is_label_assisted
 from ..noising import LabelNoiser
 from .checkpoints import CheckpointMixin, last_complete_checkpoint
+from .hub import HubMixin
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class _NonFiniteGuard(TrainerCallback):
             trainer.check_non_finite(what=" or ".join(trainer._bad_what) or "the training loss")
 
 
-class LADTrainerBase(CheckpointMixin, Trainer):
+class LADTrainerBase(HubMixin, CheckpointMixin, Trainer):
     """Base for the LAD trainers: subclasses implement `compute_loss` and `eval_forward`."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean

@@ -64,11 +64,44 @@ def _torch_file_problem(path: str) -> Optional[str]:
             if not any(n.endswith("data.pkl") for n in z.namelist()):
                 return f"{name} is not a torch.save archive"
             bad = z.testzip()
+            if bad is None:
+                unsafe = _unsafe_globals(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
         if bad is not None:
             return f"{name} is corrupt ({bad} fails its CRC check)"
+        if unsafe:
+            return (f"{name} holds objects a safe load refuses ({unsafe[0]}): it was not written by this training run; "
+                    "never load it with weights_only=False unless you trust its source")
     except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, RuntimeError) as e:
         return f"{name} is unreadable ({type(e).__name__})"
     return None
+
+
+def _unsafe_globals(pickled: bytes) -> List[str]:
+    """The classes/functions a pickle names that `torch.load(weights_only=True)` would refuse (read from its opcodes,
+    nothing executed)."""
+    import pickletools
+
+    import torch
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    from transformers.trainer_pt_utils import safe_globals
+
+    with safe_globals():  # the numpy objects of transformers' RNG state, allow-listed as transformers loads it
+        extra = torch.serialization.get_safe_globals()
+    allowed = set(_get_allowed_globals())
+    allowed |= {f"{g.__module__}.{g.__qualname__}" for g in extra if hasattr(g, "__qualname__")}
+    found, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(pickled):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except (ValueError, EOFError) as e:
+        return [f"an unreadable pickle ({type(e).__name__})"]
+    return [g for g in found if g not in allowed and not g.startswith("torch._utils._rebuild")]
 
 
 def _training_state_problem(folder: str, names: List[str], sharded: bool) -> Optional[str]:
@@ -88,6 +121,30 @@ def _training_state_problem(folder: str, names: List[str], sharded: bool) -> Opt
             problem = _safetensors_problem(path)
         else:
             continue
+        if problem:
+            return problem
+    return None
+
+
+def weights_problem(folder: str) -> Optional[str]:
+    """Why the safetensors weights of a model folder (final model or checkpoint) are missing or unusable, else None."""
+    names = os.listdir(folder)
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            return "model.safetensors.index.json is unreadable"
+    else:
+        files = [n for n in ("model.safetensors", "adapter_model.safetensors") if n in names]
+    if not files:
+        return "no model.safetensors (or adapter_model.safetensors)"
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        problem = _safetensors_problem(path)
         if problem:
             return problem
     return None
@@ -115,25 +172,9 @@ def checkpoint_problem(folder: str) -> Optional[str]:
     names = os.listdir(folder)
     if any(n.startswith("pytorch_model_fsdp") for n in names):  # FSDP sharded state dict (torch.distributed.checkpoint)
         return _training_state_problem(folder, names, sharded=True)
-    index = os.path.join(folder, "model.safetensors.index.json")
-    files: List[str] = []
-    if os.path.isfile(index):
-        try:
-            with open(index) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError):
-            return "model.safetensors.index.json is unreadable"
-    else:
-        files = [n for n in ("model.safetensors", "adapter_model.safetensors") if n in names]
-    if not files:
-        return "no model.safetensors (or adapter_model.safetensors)"
-    for name in files:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            return f"{name} is missing"
-        problem = _safetensors_problem(path)
-        if problem:
-            return problem
+    problem = weights_problem(folder)
+    if problem:
+        return problem
     return _training_state_problem(folder, names, sharded=False)
 
 
