@@ -455,6 +455,16 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _cpu_process_group() -> None:
+    """A launcher (`accelerate launch`, torchrun) started several processes on a machine without GPUs: make them one
+    CPU (gloo) group. Without this each process would train alone on the same data and folder."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "ACCELERATE_USE_CPU" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -467,6 +477,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"lad-hf: error: unknown command {cmd!r}{hint}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     _silence_torchvision_fallback()
+    _cpu_process_group()
     _RUN.clear()
     from .run_folder import release_locks
 

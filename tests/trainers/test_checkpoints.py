@@ -1,7 +1,7 @@
 """Fault and abuse tests (issue 7): bad input, NaN/inf, interruption, determinism, 2 CPU processes, security.
 
 Everything runs offline on tiny SegFormers: in-process CLI runs (``lad_hf.cli.main``), one killed subprocess and one
-``torch.distributed.run`` launch with 2 gloo processes.
+``accelerate launch`` (recipes/accelerate_configs/multi_cpu.yaml) with 2 gloo processes.
 """
 
 import io
@@ -474,7 +474,8 @@ draw = trainer.noiser(labels)
 draws = [torch.zeros_like(draw) for _ in range(args.world_size)]
 dist.all_gather(draws, draw)
 result = dict(
-    rank=rank, world_size=args.world_size, metrics=metrics,
+    rank=rank, world_size=args.world_size, metrics=metrics, num_processes=trainer.accelerator.num_processes,
+    distributed_type=str(trainer.accelerator.distributed_type).split(".")[-1],
     teacher_type=type(trainer.teacher).__name__, wrapped_type=type(trainer.model_wrapped).__name__,
     teacher_is_prepared=any(m is trainer.teacher for m in trainer.accelerator._models),
     teacher_unchanged=all(torch.equal(before[k], v) for k, v in trainer.teacher.state_dict().items()),
@@ -491,6 +492,14 @@ with open(f"{out}/rank{rank}.json", "w") as f:
 # minutes, and the whole launch (torchrun and its workers, one process group) is killed at DIST_WALL_TIMEOUT_S.
 DIST_COLLECTIVE_TIMEOUT_S = 300
 DIST_WALL_TIMEOUT_S = 900
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _run_process_group(cmd, timeout, **kw):
@@ -519,11 +528,12 @@ def test_two_gloo_processes_exact_miou_independent_noise_unwrapped_teacher(tmp_p
     model_dir = tmp_path / "model"
     tiny_segformer(seed=4).save_pretrained(model_dir)
     (tmp_path / "dist.py").write_text(DIST_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--rdzv-conf", f"join_timeout={DIST_COLLECTIVE_TIMEOUT_S}", str(tmp_path / "dist.py"), str(data),
-           str(model_dir), str(teacher_dir), str(tmp_path)]
-    env = _env(ACCELERATE_USE_CPU="1", LAD_TESTS=str(ROOT / "tests"), OMP_NUM_THREADS="1",
-               LAD_DDP_TIMEOUT=str(DIST_COLLECTIVE_TIMEOUT_S))
+    # the README's launch: accelerate with the project's multi_cpu.yaml (a free port, so parallel test runs never meet)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"), "--main_process_port", str(_free_port()),
+           str(tmp_path / "dist.py"), str(data), str(model_dir), str(teacher_dir), str(tmp_path)]
+    env = _env(LAD_TESTS=str(ROOT / "tests"), OMP_NUM_THREADS="1", LAD_DDP_TIMEOUT=str(DIST_COLLECTIVE_TIMEOUT_S))
+    env.pop("ACCELERATE_USE_CPU", None)
     res = _run_process_group(cmd, DIST_WALL_TIMEOUT_S, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     missing = [r for r in (0, 1) if not (tmp_path / f"rank{r}.json").is_file()]
@@ -534,7 +544,7 @@ def test_two_gloo_processes_exact_miou_independent_noise_unwrapped_teacher(tmp_p
     keys = [k for k in single if k.startswith(("eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_"))]
     assert len(keys) == 3 + len(ID2LABEL)
     for r in ranks:
-        assert r["world_size"] == 2
+        assert r["world_size"] == 2 and r["num_processes"] == 2 and r["distributed_type"] == "MULTI_CPU"
         for k in keys:  # exactly equal: confusion matrices are summed, the 5th sample is not counted twice
             assert r["metrics"][k] == single[k] or (np.isnan(r["metrics"][k]) and np.isnan(single[k])), k
         assert r["teacher_type"] == "SegformerForSemanticSegmentation" and not r["teacher_is_prepared"]
