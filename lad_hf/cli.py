@@ -31,7 +31,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from .checks import _RUN, check_model_channels, check_output_dir, io_error_line, is_write_failure, teacher_config
+from .checks import (_RUN, check_model_channels, check_output_dir, check_smallest_image, io_error_line,
+                     is_write_failure, teacher_config)
 from .errors import LADError
 from .parsing import parse_args, parse_values, build_dataclasses
 
@@ -107,6 +108,9 @@ def _seed(training_args) -> None:
     enable_full_determinism(training_args.seed) if training_args.full_determinism else set_seed(training_args.seed)
 
 
+EVAL_PRECHECK_ROWS = 2000  # validation splits up to this size are decoded and checked whole before training
+
+
 def _check_data(raw, id2label, data_args, training_args):
     """--skip_bad_samples drops unreadable rows (counted in data_args.skipped_bad_samples); then a sample is validated."""
     from .data import drop_bad_samples, validate_dataset_sample
@@ -118,8 +122,14 @@ def _check_data(raw, id2label, data_args, training_args):
             if dropped:
                 skipped[split] = dropped
         data_args.skipped_bad_samples = skipped
+    found = {}
     for split, d in raw.items():
-        validate_dataset_sample(d, len(id2label), training_args.ignore_index, n=16, data_args=data_args, split=split)
+        # the whole validation split when small (a bad row found at the first evaluation would cost the training
+        # before it); a larger one is checked when evaluated, after the step's checkpoint is saved
+        n = len(d) if split == "validation" and len(d) <= EVAL_PRECHECK_ROWS else 16
+        found[split] = validate_dataset_sample(d, len(id2label), training_args.ignore_index, n=n, data_args=data_args,
+                                               split=split)
+    data_args.smallest_eval_image = (found.get("validation") or {}).get("smallest")
     return raw
 
 
@@ -138,10 +148,15 @@ def _prepare(model_args, data_args, training_args, need_train=True):
     from .models import build_model
 
     raw, id2label = _load_data(model_args, data_args, training_args, need_train)
+    if "validation" not in raw and str(training_args.eval_strategy).split(".")[-1].lower() != "no":
+        raise LADError(f"--eval_strategy {str(training_args.eval_strategy).split('.')[-1].lower()} needs a validation "
+                       f"split, and {data_args.dataset_name!r} has none named {data_args.eval_split!r} (found "
+                       f"{list(raw)}); pass --eval_split NAME, --train_val_split 0.1, or --eval_strategy no")
     raw = _check_data(raw, id2label, data_args, training_args)
     _seed(training_args)
     model = build_model(model_args, id2label)
     check_model_channels(model.config, f"the model ({model_args.model_name_or_path or model_args.config_name})")
+    check_smallest_image(model, getattr(data_args, "smallest_eval_image", None), data_args)
     proc = _default_image_processor(model_args, data_args)
     ds = apply_transforms(raw, data_args, proc)
     return model, proc, ds, build_collator(data_args, len(id2label)), id2label
@@ -365,6 +380,7 @@ def _evaluate(model_args, data_args, args, save: bool):
     from datasets import DatasetDict
 
     raw = _check_data(DatasetDict(validation=raw["validation"]), id2label, data_args, args)
+    check_smallest_image(model, getattr(data_args, "smallest_eval_image", None), data_args)
     proc = _default_image_processor(model_args, data_args)
     ds = apply_transforms(raw, data_args, proc)
     cls = LADTeacherTrainer if is_label_assisted(model) else SegmentationTrainer

@@ -174,6 +174,11 @@ class DataArguments:
     pad_to_multiple_of: Optional[int] = field(
         default=None, metadata={"help": "Collator pads height and width to a multiple of this (e.g. 14 or 32)."}
     )
+    allow_outside_paths: bool = field(
+        default=False,
+        metadata={"help": "Let metadata.csv/.jsonl name files outside the dataset folder (absolute paths, '..', "
+                          "symlinks leading out); refused by default."},
+    )
     skip_bad_samples: bool = field(
         default=False,
         metadata={"help": "Drop unreadable rows and rows whose mask does not fit the image (counted at the end) instead of failing."},

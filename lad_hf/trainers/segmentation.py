@@ -49,6 +49,10 @@ class SegmentationConfig(TrainingArguments):
         default=False, metadata={"help": "Off: lad_hf stops on a non-finite loss instead (and avoids a host sync per step)."}
     )
 
+    def __post_init__(self):
+        check_ranges(self)  # before the devices, the data and the models are set up
+        super().__post_init__()
+
     def __getstate__(self):
         # Pickles of the arguments (transformers' training_args.bin, which push_to_hub uploads) never hold Hub tokens.
         return {k: (None if k.endswith("_token") and isinstance(v, str) else v) for k, v in self.__dict__.items()}
@@ -61,6 +65,21 @@ class SegmentationConfig(TrainingArguments):
         memo[id(self)] = new
         new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
         return new
+
+
+def check_ranges(args) -> None:
+    """Values the Trainer would refuse late (after the data loaded) or use silently wrong: one line each, now."""
+    import math
+
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if int(getattr(args, name)) < 1:
+            raise LADError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise LADError(f"--learning_rate must be a finite number > 0, got {args.learning_rate}")
+    if not 0 <= int(args.seed) < 2**32:
+        raise LADError(f"--seed must be in [0, 2**32), got {args.seed}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise LADError(f"--max_steps must be > 0 (or -1 to train --num_train_epochs), got {args.max_steps}")
 
 
 class SegmentationTrainer(LADTrainerBase):
