@@ -96,6 +96,12 @@ def _load_data(model_args, data_args, training_args, need_train=True):
     ds, id2label = load_segmentation_dataset(data_args, seed=training_args.seed, require_train=need_train,
                                              cache_dir=model_args.cache_dir, token=model_args.token,
                                              trust_remote_code=model_args.trust_remote_code)
+    ignore = training_args.ignore_index
+    names = {int(k): v for k, v in id2label.items()}
+    if ignore in names:
+        raise LADError(f"--ignore_index {ignore} is also class {ignore} ({names[ignore]!r}) of the label set: its "
+                       "pixels would be ignored and its IoU counted as 0; use an index outside the classes (e.g. 255), "
+                       "or --do_reduce_labels if that class means 'no label'")
     if need_train and "train" not in ds:
         raise LADError(f"no training split {data_args.train_split!r} in {data_args.dataset_name!r}; found {list(ds)}")
     return ds, id2label

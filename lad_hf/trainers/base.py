@@ -231,5 +231,18 @@ class LADTrainerBase(HubMixin, CheckpointMixin, Trainer):
         out.metrics.update(metrics)
         return out
 
+    def _evaluate(self, trial, ignore_keys_for_eval, skip_scheduler=False):
+        """An evaluation during training that fails on a bad row (beyond the rows checked before training) first
+        saves the step's checkpoint, so the training up to it is kept."""
+        try:
+            return super()._evaluate(trial, ignore_keys_for_eval, skip_scheduler=skip_scheduler)
+        except LADError as e:
+            if self.state.global_step <= 0 or self.args.save_strategy == "no":
+                raise
+            self._save_checkpoint(self.model_wrapped, trial)
+            folder = f"{self.args.output_dir}/checkpoint-{self.state.global_step}"
+            raise LADError(f"{e}; the training up to step {self.state.global_step} is saved in {folder} (fix the data, "
+                           f"then --resume_from_checkpoint {folder})") from None
+
     def on_evaluation_start(self) -> None:
         """Hook: e.g. reseed the evaluation noise."""
