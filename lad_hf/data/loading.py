@@ -140,14 +140,13 @@ def _read_metadata(path: str):
         raise LADError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
 
 
-def _confine(root: str, meta_path: str, paths: Sequence[str]) -> None:
+def _confine(root: str, meta_path: str, listed: Sequence[str], paths: Sequence[str]) -> None:
     """Every listed path resolves (symlinks followed) inside the dataset folder: else one line that names the
     metadata row's path as written, never whether the target exists."""
     top = os.path.realpath(root)
-    for path in paths:
+    for shown, path in zip(listed, paths):
         real = os.path.realpath(path)
         if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
-            shown = os.path.relpath(path, os.path.dirname(meta_path)) if not os.path.isabs(path) else path
             raise LADError(f"{meta_path} lists {shown!r}, which leads outside the dataset folder {root!r} (an absolute "
                            "path, '..' or a symlink); keep the files inside it, or pass --allow_outside_paths true")
 
@@ -202,7 +201,7 @@ def _load_image_folder(root: str, metadata_files: Sequence[str], data_args: Data
         images = [os.path.normpath(os.path.join(base, str(p))) for p in df[img_col]]
         masks = [os.path.normpath(os.path.join(base, str(p))) for p in df[lbl_col]]
         if not data_args.allow_outside_paths:
-            _confine(root, meta_path, images + masks)
+            _confine(root, meta_path, [str(p) for p in df[img_col]] + [str(p) for p in df[lbl_col]], images + masks)
         missing = [p for pair in zip(images, masks) for p in pair if not os.path.isfile(p)]
         keep = [True] * len(df)
         if missing:

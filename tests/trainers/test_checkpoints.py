@@ -403,6 +403,30 @@ def test_last_skips_a_checkpoint_with_a_truncated_training_state_file(tmp_path, 
         assert _global_step(out) == 6
 
 
+class _Payload:
+    """An object whose unpickling would run a command: what a tampered checkpoint holds."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth"])
+def test_last_skips_a_checkpoint_with_an_unsafe_pickle(tmp_path, capsys, caplog, data, finished, name):
+    from lad_hf.trainers.checkpoints import last_complete_checkpoint
+
+    out = _copy_run(finished, tmp_path)
+    state = torch.load(out / "checkpoint-6" / name, weights_only=False)  # our own file: a trusted test fixture
+    torch.save({"state": state, "payload": _Payload()}, out / "checkpoint-6" / name)
+    caplog.clear()
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
+    assert any("checkpoint-6 (" in r.getMessage() and "holds objects a safe load refuses (posix.system)"
+               in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    run = RESUME_RUN + ["--dataset_name", str(data), "--output_dir", str(out), "--resume_from_checkpoint"]
+    line = _one_line_error(capsys, run + [str(out / "checkpoint-6")], "checkpoint-6 is incomplete",
+                           f"{name} holds objects a safe load refuses", f"resume from {out}/checkpoint-3")
+    assert "weights_only=False unless you trust" in line
+
+
 def test_checkpoint_problem_checks_every_file_a_resume_reads(tmp_path, finished):
     from lad_hf.trainers.checkpoints import checkpoint_problem
 
