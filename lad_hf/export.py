@@ -183,13 +183,23 @@ def scrub_text(text: str, info: Dict, model_path: Optional[str] = None) -> str:
     return text
 
 
+def is_local_path(value) -> bool:
+    """A string naming a file or folder on this machine (absolute, or existing here) that is not a Hub id."""
+    from .models.lora import hub_repo_id
+
+    return isinstance(value, str) and bool(value) and (os.path.isabs(value) or os.path.exists(value)) \
+        and not hub_repo_id(value)
+
+
 def public_files(folder: str) -> Dict[str, bytes]:
     """{file name: public content} for the files of `folder` that a push would leak local paths from (the record
-    and the card); the local files keep their content."""
+    and the card); the local files keep their content. (`training_args.bin` never holds local paths: see
+    `SegmentationConfig.__getstate__`.)"""
+    out: Dict[str, bytes] = {}
     info = read_training_info(folder)
     if not info:
-        return {}
-    out = {TRAINING_INFO: json.dumps(public_training_info(info, folder), indent=2, sort_keys=True, default=str).encode()}
+        return out
+    out[TRAINING_INFO] = json.dumps(public_training_info(info, folder), indent=2, sort_keys=True, default=str).encode()
     card = os.path.join(folder, "README.md")
     if os.path.isfile(card):
         with open(card, encoding="utf-8") as f:

@@ -54,8 +54,12 @@ class SegmentationConfig(TrainingArguments):
         super().__post_init__()
 
     def __getstate__(self):
-        # Pickles of the arguments (transformers' training_args.bin, which push_to_hub uploads) never hold Hub tokens.
-        return {k: (None if k.endswith("_token") and isinstance(v, str) else v) for k, v in self.__dict__.items()}
+        # Pickles of the arguments (transformers' training_args.bin, which push_to_hub uploads) never hold Hub tokens
+        # nor local paths (--output_dir, a local teacher ...: "(local)"); the arguments in memory keep them.
+        from ..export import LOCAL, is_local_path
+
+        return {k: (None if k.endswith("_token") and isinstance(v, str) else LOCAL if is_local_path(v) else v)
+                for k, v in self.__dict__.items()}
 
     def __deepcopy__(self, memo):
         # deepcopy keeps the token (only pickles drop it)
