@@ -391,3 +391,38 @@ def test_one_by_one_images_are_refused_before_training(tmp_path, capsys, data):
     _one_line_error(capsys, ["train", "--dataset_name", str(tiny), *TINY, *FAST, "--max_steps", "2", "--output_dir",
                              str(out)], "validation row 1: its 1x1 image is too small for the model", "--eval_resize")
     assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+
+
+def _validation_with_a_bad_row(src, dst, n=20, bad=18):
+    """`src`'s train split and a validation split of `n` rows whose row `bad` holds a truncated PNG."""
+    import datasets as hf_datasets
+
+    dst.mkdir()
+    for name in ("train.parquet", "id2label.json"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    val = hf_datasets.load_dataset("parquet", data_files=str(src / "validation.parquet"))["train"]
+    val = val.cast_column("image", hf_datasets.Image(decode=False)).cast_column("label", hf_datasets.Image(decode=False))
+    rows = [val[i % len(val)] for i in range(n)]
+    rows[bad] = dict(rows[bad], image={"bytes": rows[bad]["image"]["bytes"][:40], "path": None})
+    out = hf_datasets.Dataset.from_list(rows).cast_column("image", hf_datasets.Image()).cast_column("label", hf_datasets.Image())
+    out.to_parquet(str(dst / "validation.parquet"))
+    return dst
+
+
+def test_bad_validation_row_costs_no_training(tmp_path, capsys, monkeypatch, data):
+    bad = _validation_with_a_bad_row(data, tmp_path / "bad")
+    out = tmp_path / "o"
+    run = ["train", "--dataset_name", str(bad), *TINY, *FAST, "--max_steps", "8", "--eval_strategy", "steps",
+           "--eval_steps", "4", "--save_strategy", "steps", "--save_steps", "4", "--output_dir", str(out)]
+    # a small validation split is checked whole before training: nothing is trained for nothing
+    _one_line_error(capsys, run, "validation row 18: cannot decode the image or mask")
+    assert not list(out.glob("checkpoint-*"))
+    # a larger one (here: above a lowered limit) is checked as it is evaluated: the step's checkpoint is kept first
+    import lad_hf.cli
+
+    monkeypatch.setattr(lad_hf.cli, "EVAL_PRECHECK_ROWS", 4)
+    _one_line_error(capsys, run, "validation row 18", f"the training up to step 4 is saved in {out}/checkpoint-4",
+                    f"--resume_from_checkpoint {out}/checkpoint-4")
+    from lad_hf.trainers.checkpoints import checkpoint_problem
+
+    assert checkpoint_problem(str(out / "checkpoint-4")) is None
