@@ -243,20 +243,21 @@ def _hub_base(model_args) -> str:
 
 
 
-def _check_output(args, training: bool = True) -> None:
+def _check_output(args) -> None:
+    """Before anything loads: the folder is writable, the Hub reachable if pushing, and the folder is this run's
+    (another run's folder is refused, the folder is locked, `--overwrite_output_dir` clears it)."""
     check_output_dir(args.output_dir)
     _RUN["output_dir"] = args.output_dir
-    if training:  # one run per folder: refuse another run's folder, lock it, clear it with --overwrite_output_dir
-        from .run_folder import acquire_lock, check_run_folder, clear_run_folder
-
-        check_run_folder(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
-        if args.process_index == 0:
-            acquire_lock(args.output_dir)
-            if args.overwrite_output_dir:
-                clear_run_folder(args.output_dir)
     if getattr(args, "push_to_hub", False) and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise LADError("--push_to_hub needs the Hub, which is offline (HF_HUB_OFFLINE=1); train without it and push "
                        "later with `lad-hf export --push_to_hub true`")
+    from .run_folder import acquire_lock, check_run_folder, clear_run_folder
+
+    check_run_folder(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    if args.process_index == 0:
+        acquire_lock(args.output_dir)
+        if args.overwrite_output_dir:
+            clear_run_folder(args.output_dir)
 
 
 def cmd_train(argv):

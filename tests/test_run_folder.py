@@ -205,3 +205,41 @@ def test_kill_during_the_final_save_leaves_the_old_or_the_new_model(tmp_path, ca
     assert not (out / READY).exists()
     assert state() == (4, 4) and _same(_weights(out), _weights(out / "checkpoint-4"))
     assert json.loads((tmp_path / "exported" / "lad_training_info.json").read_text())["max_steps"] == 4
+
+
+EXPORT_KILLER = """
+import os, signal, sys
+import lad_hf.run_folder as rf
+where, real = os.environ["LAD_KILL_IN"], rf.os.replace
+if where == "before_replace":  # the new export is complete in its temporary folder
+    def replace_folder(*a, **k):
+        os.kill(os.getpid(), signal.SIGKILL)
+    rf.replace_folder = replace_folder
+else:  # the old export renamed aside, the new one not yet in place
+    def replace(src, dst, *a, **k):
+        real(src, dst, *a, **k)
+        if str(dst).endswith("._lad_hf_old"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    rf.os.replace = replace
+from lad_hf.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_re_export_leaves_the_old_export_whole(tmp_path, capsys, data):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset_name", str(data), *TINY, *FAST, "--max_steps", "1", "--save_steps", "1",
+                 "--output_dir", str(run)]) == 0
+    out = tmp_path / "exported"
+    assert main(["export", "--model_path", str(run), "--output_dir", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    script = tmp_path / "killer.py"
+    script.write_text(EXPORT_KILLER)
+    again = [sys.executable, str(script), "export", "--model_path", str(run / "checkpoint-1"), "--output_dir", str(out),
+             "--overwrite_output_dir", "true"]
+    for where in ("before_replace", "between_renames"):
+        res = subprocess.run(again, env=_env(LAD_KILL_IN=where), capture_output=True, text=True, timeout=300)
+        assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+        # the next export puts the old folder back (or finds it in place) and refuses to overwrite it silently
+        _err(capsys, ["export", "--model_path", str(run), "--output_dir", str(out)], "is not empty")
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before, where
