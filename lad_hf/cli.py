@@ -523,4 +523,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     finally:
         release_locks()
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under `accelerate launch`/torchrun: leave the process group before the interpreter exits (a group torn down
+    at exit can abort in gloo's threads, failing a finished run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -507,6 +507,9 @@ result = dict(
 )
 with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump(result, f, default=float)
+# leave the gloo group before exiting: a group torn down by interpreter exit may abort (SIGABRT) in gloo's threads
+dist.barrier()
+dist.destroy_process_group()
 """
 
 
