@@ -253,11 +253,11 @@ def _check_output(args) -> None:
                        "later with `lad-hf export --push_to_hub true`")
     from .run_folder import acquire_lock, check_run_folder, clear_run_folder
 
-    check_run_folder(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
-    if args.process_index == 0:
+    if args.process_index == 0:  # the lock first: the folder is read only while no other run writes it
         acquire_lock(args.output_dir)
-        if args.overwrite_output_dir:
-            clear_run_folder(args.output_dir)
+    check_run_folder(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    if args.process_index == 0 and args.overwrite_output_dir:
+        clear_run_folder(args.output_dir)
 
 
 def cmd_train(argv):

@@ -58,8 +58,15 @@ class SegmentationConfig(TrainingArguments):
         # nor local paths (--output_dir, a local teacher ...: "(local)"); the arguments in memory keep them.
         from ..export import LOCAL, is_local_path
 
-        return {k: (None if k.endswith("_token") and isinstance(v, str) else LOCAL if is_local_path(v) else v)
-                for k, v in self.__dict__.items()}
+        def public(k, v):
+            if k.endswith("_token") and isinstance(v, str):
+                return None
+            # an absolute path anywhere; a relative one only where a path belongs (never an option value like "adamw")
+            if is_local_path(v) and (v.startswith(("/", "~")) or k.endswith(_PATH_FIELDS)):
+                return LOCAL
+            return v
+
+        return {k: public(k, v) for k, v in self.__dict__.items()}
 
     def __deepcopy__(self, memo):
         # deepcopy keeps the token (only pickles drop it)
@@ -69,6 +76,9 @@ class SegmentationConfig(TrainingArguments):
         memo[id(self)] = new
         new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
         return new
+
+
+_PATH_FIELDS = ("_dir", "_path", "name_or_path", "resume_from_checkpoint", "deepspeed", "run_name", "fsdp_config")
 
 
 def check_ranges(args) -> None:
