@@ -507,9 +507,13 @@ result = dict(
 )
 with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump(result, f, default=float)
-# leave the gloo group before exiting: a group torn down by interpreter exit may abort (SIGABRT) in gloo's threads
-dist.barrier()
-dist.destroy_process_group()
+# the CLI in the same 2-process group: one lock, one atomic final save (it leaves the group when done)
+from lad_hf.cli import main
+code = main(["train", "--dataset_name", data, "--config_name", "segformer", "--config_overrides", os.environ["LAD_TINY"],
+             "--crop_size", "32", "--per_device_train_batch_size", "2", "--max_steps", "2", "--save_steps", "2",
+             "--report_to", "none", "--disable_tqdm", "true", "--eval_strategy", "no", "--ddp_timeout", timeout,
+             "--output_dir", out + "/cli"])
+assert code == 0 and not dist.is_initialized(), code
 """
 
 
@@ -559,13 +563,18 @@ def test_two_gloo_processes_exact_miou_independent_noise_unwrapped_teacher(tmp_p
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"), "--main_process_port", str(_free_port()),
            str(tmp_path / "dist.py"), str(data), str(model_dir), str(teacher_dir), str(tmp_path)]
-    env = _env(LAD_TESTS=str(ROOT / "tests"), OMP_NUM_THREADS="1", LAD_DDP_TIMEOUT=str(DIST_COLLECTIVE_TIMEOUT_S))
+    env = _env(LAD_TESTS=str(ROOT / "tests"), OMP_NUM_THREADS="1", LAD_DDP_TIMEOUT=str(DIST_COLLECTIVE_TIMEOUT_S),
+               LAD_TINY=TINY_SEGFORMER_OVERRIDES)
     env.pop("ACCELERATE_USE_CPU", None)
     res = _run_process_group(cmd, DIST_WALL_TIMEOUT_S, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     missing = [r for r in (0, 1) if not (tmp_path / f"rank{r}.json").is_file()]
     assert not missing, f"ranks {missing} wrote no result; stderr tail:\n{res.stderr[-4000:]}"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    cli = tmp_path / "cli"  # 8 rows, 2 processes x batch 2: 2 steps are one epoch (half an epoch on one process)
+    assert json.loads((cli / "trainer_state.json").read_text())["epoch"] == pytest.approx(1.0)
+    assert (cli / "model.safetensors").is_file() and (cli / "checkpoint-2").is_dir()
+    assert not [p.name for p in cli.iterdir() if p.name.startswith("_lad_hf")]  # no lock, no staging folder left
 
     single = _evaluate(capsys, model_dir, data, tmp_path / "ev1")
     keys = [k for k in single if k.startswith(("eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_"))]
