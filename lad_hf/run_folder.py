@@ -177,7 +177,10 @@ def roll_forward(output_dir: str) -> None:
     ready = os.path.join(output_dir, READY)
     if os.path.isdir(ready):
         marker = os.path.join(ready, ".complete")
-        drop = open(marker).read().split() if os.path.isfile(marker) else []
+        drop = []
+        if os.path.isfile(marker):
+            with open(marker) as f:
+                drop = f.read().split()
         for name in drop:
             path = os.path.join(output_dir, name)
             if os.path.isfile(path):
