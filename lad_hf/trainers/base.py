@@ -187,9 +187,6 @@ class LADTrainerBase(HubMixin, CheckpointMixin, Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             _, logits, extra = self.eval_forward(model, inputs)
         no_label = extra.pop("@no_label", None)
-        if not bool(torch.isfinite(logits).all()):
-            raise LADError("the model's logits are NaN or infinite on an evaluation batch: its weights are damaged "
-                           "(or overflow in this precision); evaluate a healthy checkpoint")
         loss, cm = self._confusion(logits, labels)
         self.metric.add_confusion(cm)
         if no_label is not None:
@@ -199,7 +196,11 @@ class LADTrainerBase(HubMixin, CheckpointMixin, Trainer):
         return loss.detach(), None, None
 
     def _confusion(self, logits: torch.Tensor, labels: torch.Tensor):
-        """(mean CE, confusion matrix summed over all processes) of one batch's logits."""
+        """(mean CE, confusion matrix summed over all processes) of one batch's logits (refused when not finite: the
+        argmax of NaN is class 0, which would score as a prediction)."""
+        if not bool(torch.isfinite(logits).all()):
+            raise LADError("the model's logits are NaN or infinite on an evaluation batch: its weights are damaged "
+                           "(or overflow in this precision); evaluate a healthy checkpoint")
         # one sample at a time: full-resolution float32 logits of the whole batch are never held at once
         ignore = self.args.ignore_index
         preds = torch.empty_like(labels)
