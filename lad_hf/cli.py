@@ -185,37 +185,34 @@ def _info(model_args, data_args, training_args, extra=None) -> Dict:
 
 
 def _train_and_save(trainer, model_args, data_args, training_args, extra_info=None):
-    """Train, then write the final model atomically: weights, config, processor, state, metrics and record go to a
-    staging folder that is committed as a whole (`run_folder.commit`), evaluated before the commit, pushed after it."""
+    """Train, then write the final folder atomically: inside `staged_final_save` every write to `--output_dir`
+    (weights, config, processor, state, metrics, record) lands in a staging folder that is committed as a whole; the
+    evaluation runs before the commit, the push after it."""
     from .export import write_training_info
-    from .run_folder import commit, stage_dir, STAGE
+    from .run_folder import staged_final_save
 
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    out, main_process = training_args.output_dir, trainer.is_world_process_zero()
-    stage = stage_dir(out) if main_process else os.path.join(out, STAGE)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(stage, _internal_call=True)  # every process (FSDP/DeepSpeed gather); no push before the commit
-    trainer.log_metrics("train", result.metrics)
-    metrics, failure = {}, None
-    if trainer.eval_dataset is not None:
-        try:
-            metrics = trainer.evaluate()
-            trainer.log_metrics("eval", metrics)
-        except LADError as e:  # the trained model is still committed, without metrics
-            failure = e
-    if main_process:
-        _write_results(stage, result.metrics, metrics)
-        trainer.state.save_to_json(os.path.join(stage, "trainer_state.json"))
-        info = _info(model_args, data_args, training_args, extra_info)
-        info["eval_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if getattr(trainer, "resume_changes", None):
-            info["resumed_with_changes"] = {k: list(v) for k, v in trainer.resume_changes.items()}
-        skipped = _report_skipped(data_args)
-        if skipped:
-            info["skipped_bad_samples"] = skipped
-        write_training_info(stage, info)
-        commit(out)
-    trainer.accelerator.wait_for_everyone()
+    main_process, metrics, failure = trainer.is_world_process_zero(), {}, None
+    with staged_final_save(training_args, main_process, trainer.accelerator.wait_for_everyone) as stage:
+        trainer.save_model(_internal_call=True)  # every process (FSDP/DeepSpeed gather); pushed after the commit
+        trainer.log_metrics("train", result.metrics)
+        if trainer.eval_dataset is not None:
+            try:
+                metrics = trainer.evaluate()
+                trainer.log_metrics("eval", metrics)
+            except LADError as e:  # the trained model is still committed, without metrics
+                failure = e
+        trainer.save_state()
+        if main_process:
+            _write_results(stage, result.metrics, metrics)
+            info = _info(model_args, data_args, training_args, extra_info)
+            info["eval_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            if getattr(trainer, "resume_changes", None):
+                info["resumed_with_changes"] = {k: list(v) for k, v in trainer.resume_changes.items()}
+            skipped = _report_skipped(data_args)
+            if skipped:
+                info["skipped_bad_samples"] = skipped
+            write_training_info(stage, info)
     if failure is not None:
         raise failure
     if training_args.push_to_hub:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from contextlib import contextmanager
 import os
 import re
 import shutil
@@ -157,6 +158,25 @@ def stage_dir(output_dir: str) -> str:
     shutil.rmtree(stage, ignore_errors=True)
     os.makedirs(stage)
     return stage
+
+
+@contextmanager
+def staged_final_save(args, main_process: bool, barrier):
+    """Inside the block `args.output_dir` is a fresh staging folder, so whatever writes the final folder (the
+    Trainer's `save_model`/`save_state`, metrics, the record, the card) writes there; on success the stage is
+    committed as a whole. An exception leaves the old final model untouched (the stage is dropped next time)."""
+    out = args.output_dir
+    stage = stage_dir(out) if main_process else os.path.join(out, STAGE)
+    barrier()
+    args.output_dir = stage
+    try:
+        yield stage
+    finally:
+        args.output_dir = out
+    barrier()
+    if main_process:
+        commit(out)
+    barrier()
 
 
 def commit(output_dir: str, stale=("lad_training_info.json", "README.md")) -> None:
