@@ -55,6 +55,31 @@ def check_model_channels(config, what: str) -> None:
                        f"feeds RGB images: use a model with num_channels={RGB_CHANNELS}")
 
 
+def check_smallest_image(model, smallest, data_args, split: str = "validation") -> None:
+    """The model runs on the split's smallest image as evaluation feeds it (whole, padded as the collator pads):
+    else one line naming the row, before any training."""
+    import torch
+
+    from .models import image_channels
+    from .models.dinov2 import patch_size
+
+    if not smallest or getattr(data_args, "eval_resize", None):
+        return
+    h, w, row = smallest
+    m = max(int(getattr(data_args, "pad_to_multiple_of", None) or 1), int(patch_size(model.config) or 1))
+    ph, pw = -(-h // m) * m, -(-w // m) * m
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(pixel_values=torch.zeros(1, image_channels(model.config), ph, pw))
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise LADError(f"{split} row {row}: its {h}x{w} image is too small for the model ({str(e).splitlines()[0][:120]}); "
+                       "evaluate at a fixed size with --eval_resize N, or remove such images") from None
+    finally:
+        model.train(was_training)
+
+
 def _looks_like_local_path(path: str) -> bool:
     return (os.path.isabs(path) or path.startswith((".", "~")) or path.endswith(("/", os.sep)) or "\\" in path
             or path.count("/") > 1)

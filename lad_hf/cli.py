@@ -35,7 +35,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from .checks import _RUN, check_model_channels, check_output_dir, io_error_line, is_write_failure, teacher_config
+from .checks import (_RUN, check_model_channels, check_output_dir, check_smallest_image, io_error_line,
+                     is_write_failure, teacher_config)
 from .errors import LADError
 from .parsing import parse_args, parse_values, build_dataclasses
 
@@ -122,6 +123,12 @@ def _load_data(model_args, data_args, training_args, need_train=True):
     ds, id2label = load_segmentation_dataset(data_args, seed=training_args.seed, require_train=need_train,
                                              cache_dir=model_args.cache_dir, token=model_args.token,
                                              trust_remote_code=model_args.trust_remote_code)
+    ignore = training_args.ignore_index
+    names = {int(k): v for k, v in id2label.items()}
+    if ignore in names:
+        raise LADError(f"--ignore_index {ignore} is also class {ignore} ({names[ignore]!r}) of the label set: its "
+                       "pixels would be ignored and its IoU counted as 0; use an index outside the classes (e.g. 255), "
+                       "or --do_reduce_labels if that class means 'no label'")
     if need_train and "train" not in ds:
         raise LADError(f"no training split {data_args.train_split!r} in {data_args.dataset_name!r}; found {list(ds)}")
     return ds, id2label
@@ -132,6 +139,9 @@ def _seed(training_args) -> None:
     from transformers import enable_full_determinism, set_seed
 
     enable_full_determinism(training_args.seed) if training_args.full_determinism else set_seed(training_args.seed)
+
+
+EVAL_PRECHECK_ROWS = 2000  # validation splits up to this size are decoded and checked whole before training
 
 
 def _check_data(raw, id2label, data_args, training_args):
@@ -145,8 +155,14 @@ def _check_data(raw, id2label, data_args, training_args):
             if dropped:
                 skipped[split] = dropped
         data_args.skipped_bad_samples = skipped
+    found = {}
     for split, d in raw.items():
-        validate_dataset_sample(d, len(id2label), training_args.ignore_index, n=16, data_args=data_args, split=split)
+        # the whole validation split when small (a bad row found at the first evaluation would cost the training
+        # before it); a larger one is checked when evaluated, after the step's checkpoint is saved
+        n = len(d) if split == "validation" and len(d) <= EVAL_PRECHECK_ROWS else 16
+        found[split] = validate_dataset_sample(d, len(id2label), training_args.ignore_index, n=n, data_args=data_args,
+                                               split=split)
+    data_args.smallest_eval_image = (found.get("validation") or {}).get("smallest")
     return raw
 
 
@@ -165,10 +181,15 @@ def _prepare(model_args, data_args, training_args, need_train=True):
     from .models import build_model
 
     raw, id2label = _load_data(model_args, data_args, training_args, need_train)
+    if "validation" not in raw and str(training_args.eval_strategy).split(".")[-1].lower() != "no":
+        raise LADError(f"--eval_strategy {str(training_args.eval_strategy).split('.')[-1].lower()} needs a validation "
+                       f"split, and {data_args.dataset_name!r} has none named {data_args.eval_split!r} (found "
+                       f"{list(raw)}); pass --eval_split NAME, --train_val_split 0.1, or --eval_strategy no")
     raw = _check_data(raw, id2label, data_args, training_args)
     _seed(training_args)
     model = build_model(model_args, id2label)
     check_model_channels(model.config, f"the model ({model_args.model_name_or_path or model_args.config_name})")
+    check_smallest_image(model, getattr(data_args, "smallest_eval_image", None), data_args)
     proc = _default_image_processor(model_args, data_args)
     ds = apply_transforms(raw, data_args, proc)
     return model, proc, ds, build_collator(data_args, len(id2label)), id2label
@@ -189,24 +210,46 @@ def _info(model_args, data_args, extra=None) -> Dict:
 
 
 def _train_and_save(trainer, model_args, data_args, training_args, extra_info=None):
-    """Train, save (the trainer writes lad_training_info.json and its model card; pushes with --push_to_hub), evaluate
-    (the record and card then get the final metrics)."""
+    """Train, then write the final folder atomically: inside `staged_final_save` every write to `--output_dir`
+    (weights, config, processor, state, metrics, and the record and model card the trainer writes itself) lands in a
+    staging folder that is committed as a whole; the evaluation runs before the commit (the record and card then get
+    the final metrics), the push after it."""
+    from .run_folder import staged_final_save
+
     trainer.record_extra = _info(model_args, data_args, extra_info)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    metrics = {}
-    if trainer.eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-        if training_args.push_to_hub:  # the card uploaded by save_model had no final metrics yet
-            trainer.push_to_hub(commit_message="Model card with the final evaluation")
-    if trainer.is_world_process_zero():
-        _report_skipped(data_args)
+    if getattr(trainer, "resume_changes", None):
+        trainer.record_extra["resumed_with_changes"] = {k: list(v) for k, v in trainer.resume_changes.items()}
+    main_process, metrics, failure = trainer.is_world_process_zero(), {}, None
+    with staged_final_save(training_args, main_process, trainer.accelerator.wait_for_everyone) as stage:
+        trainer.save_model(_internal_call=True)  # every process (FSDP/DeepSpeed gather); pushed after the commit
+        trainer.log_metrics("train", result.metrics)
+        if trainer.eval_dataset is not None:
+            try:
+                metrics = trainer.evaluate()
+                trainer.log_metrics("eval", metrics)
+            except LADError as e:  # the trained model is still committed, without metrics
+                failure = e
+        trainer.save_state()
+        if main_process:
+            _write_results(stage, result.metrics, metrics)
+            _report_skipped(data_args)
+    if failure is not None:
+        raise failure
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="End of training")
     return metrics
+
+
+def _write_results(folder: str, train: Dict, evaluation: Dict) -> None:
+    """train_results.json, eval_results.json and all_results.json (as `Trainer.save_metrics`), into `folder`."""
+    from .metrics import json_safe
+
+    files = {"train_results.json": train, "eval_results.json": evaluation, "all_results.json": {**train, **evaluation}}
+    for name, values in files.items():
+        if values:
+            with open(os.path.join(folder, name), "w") as f:
+                json.dump(json_safe(values), f, indent=4, sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -219,11 +262,20 @@ def _hub_base(model_args) -> str:
 
 
 def _check_output(args) -> None:
+    """Before anything loads: the folder is writable, the Hub reachable if pushing, and the folder is this run's
+    (another run's folder is refused, the folder is locked, `--overwrite_output_dir` clears it)."""
     check_output_dir(args.output_dir)
     _RUN["output_dir"] = args.output_dir
     if getattr(args, "push_to_hub", False) and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise LADError("--push_to_hub needs the Hub, which is offline (HF_HUB_OFFLINE=1); train without it and push "
                        "later with `lad-hf export --push_to_hub true`")
+    from .run_folder import acquire_lock, check_run_folder, clear_run_folder
+
+    if args.process_index == 0:  # the lock first: the folder is read only while no other run writes it
+        acquire_lock(args.output_dir)
+    check_run_folder(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    if args.process_index == 0 and args.overwrite_output_dir:
+        clear_run_folder(args.output_dir)
 
 
 def cmd_train(argv):
@@ -353,6 +405,7 @@ def _evaluate(model_args, data_args, args, save: bool):
     from datasets import DatasetDict
 
     raw = _check_data(DatasetDict(validation=raw["validation"]), id2label, data_args, args)
+    check_smallest_image(model, getattr(data_args, "smallest_eval_image", None), data_args)
     proc = _default_image_processor(model_args, data_args)
     ds = apply_transforms(raw, data_args, proc)
     cls = LADTeacherTrainer if is_label_assisted(model) else SegmentationTrainer
@@ -364,10 +417,13 @@ def _evaluate(model_args, data_args, args, save: bool):
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON line only
         trainer.log_metrics("eval", metrics)
     if trainer.is_world_process_zero():
+        from .metrics import json_safe
+
         _report_skipped(data_args)
         if save:
-            trainer.save_metrics("eval", metrics, combined=False)
-        print(json.dumps({k: v for k, v in metrics.items()}, default=float))
+            with open(os.path.join(args.output_dir, "eval_results.json"), "w") as f:
+                json.dump(json_safe(metrics), f, indent=4, sort_keys=True)
+        print(json.dumps(json_safe(metrics), allow_nan=False))
     return metrics
 
 
@@ -389,6 +445,24 @@ class ExportArguments:
     model_name: Optional[str] = field(
         default=None, metadata={"help": "Name in the card's title and model-index (default: --hub_model_id, else "
                                         "<model type>-lad-student / -lad-teacher / -baseline)."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a non-empty --output_dir (refused without it)."})
+
+
+def _check_export_target(a) -> None:
+    """--output_dir is a new folder: never the model's own folder (or inside it), never a used one unless replaced."""
+    from .run_folder import nonempty, restore_folder
+
+    src, dst = os.path.realpath(a.model_path), os.path.realpath(a.output_dir)
+    if dst == src or dst.startswith(src + os.sep):
+        raise LADError(f"--output_dir {a.output_dir!r} is (inside) --model_path: export writes a new folder and would "
+                       "replace the run's own record; choose another --output_dir")
+    check_output_dir(a.output_dir)
+    restore_folder(a.output_dir)
+    found = nonempty(a.output_dir)
+    if found and not a.overwrite_output_dir:
+        raise LADError(f"--output_dir {a.output_dir!r} is not empty ({', '.join(found[:3])}{' ...' if len(found) > 3 else ''}); "
+                       "pass --overwrite_output_dir true to replace it, or choose another --output_dir")
 
 
 def cmd_export(argv):
@@ -397,6 +471,7 @@ def cmd_export(argv):
 
     (a,) = parse_args([ExportArguments], argv, "export", cmd_export.__doc__)
     _RUN["output_dir"] = a.output_dir
+    _check_export_target(a)
     metrics = None
     for name in ("eval_results.json", "all_results.json"):
         p = os.path.join(a.model_path, name)
@@ -448,6 +523,16 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _cpu_process_group() -> None:
+    """A launcher (`accelerate launch`, torchrun) started several processes on a machine without GPUs: make them one
+    CPU (gloo) group. Without this each process would train alone on the same data and folder."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "ACCELERATE_USE_CPU" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -465,7 +550,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"lad-hf: error: unknown command {cmd!r}{hint}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     _silence_torchvision_fallback()
+    _cpu_process_group()
     _RUN.clear()
+    from .run_folder import release_locks
+
     try:
         COMMANDS[cmd](argv)
     except SystemExit as e:  # --help
@@ -483,4 +571,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"lad-hf {cmd}: error: {io_error_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        release_locks()
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under `accelerate launch`/torchrun: leave the process group before the interpreter exits (a group torn down
+    at exit can abort in gloo's threads, failing a finished run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

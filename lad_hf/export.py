@@ -103,6 +103,29 @@ def read_training_info(model_dir: str) -> Dict:
     return {}
 
 
+def run_folder_of(model_path: str) -> Optional[str]:
+    """The run folder a `checkpoint-<step>` folder belongs to (its parent), else None."""
+    import re
+
+    if re.match(r"^checkpoint-\d+$", os.path.basename(os.path.normpath(model_path))):
+        return os.path.dirname(os.path.abspath(model_path))
+    return None
+
+
+def run_record(model_path: str) -> Dict:
+    """The training record of a model folder; a checkpoint takes its run's record (how it was trained and evaluated,
+    without the final model's metrics, which are not the checkpoint's)."""
+    info = read_training_info(model_path)
+    parent = run_folder_of(model_path)
+    if info or parent is None:
+        return info
+    info = read_training_info(parent)
+    info.pop("eval_metrics", None)
+    if info:
+        info["checkpoint"] = os.path.basename(os.path.normpath(model_path))
+    return info
+
+
 def _roots(model_path: Optional[str]) -> Tuple[str, ...]:
     """Where relative paths of a record may resolve at export time: beside the run folder, and one level up."""
     if not model_path:
@@ -145,6 +168,42 @@ def public_training_info(info: Dict, model_path: Optional[str] = None) -> Dict:
     return out
 
 
+def scrub_text(text: str, info: Dict, model_path: Optional[str] = None) -> str:
+    """`text` (a card) with every local path the record names replaced by `(local)`, as `public_training_info` does
+    for the record: both `export` and the trainers' `push_to_hub` publish through these two functions."""
+    ids = hub_ids(info, model_path)
+    named = {str(info[k]) for k in HUB_KEYS if info.get(k) and k not in ids}
+    # a bare relative name ("data") is also an ordinary word: only what reads as a path is replaced
+    paths = {p for p in named if os.sep in p or "/" in p} | {os.path.abspath(p) for p in named}
+    for path in sorted(paths, key=len, reverse=True):
+        text = text.replace(path, LOCAL)
+    return text
+
+
+def is_local_path(value) -> bool:
+    """A string naming a file or folder on this machine (absolute, or existing here) that is not a Hub id."""
+    from .models.lora import hub_repo_id
+
+    return isinstance(value, str) and bool(value) and (os.path.isabs(value) or os.path.exists(value)) \
+        and not hub_repo_id(value)
+
+
+def public_files(folder: str) -> Dict[str, bytes]:
+    """{file name: public content} for the files of `folder` that a push would leak local paths from (the record
+    and the card); the local files keep their content. (`training_args.bin` never holds local paths: see
+    `SegmentationConfig.__getstate__`.)"""
+    out: Dict[str, bytes] = {}
+    info = read_training_info(folder)
+    if not info:
+        return out
+    out[TRAINING_INFO] = json.dumps(public_training_info(info, folder), indent=2, sort_keys=True, default=str).encode()
+    card = os.path.join(folder, "README.md")
+    if os.path.isfile(card):
+        with open(card, encoding="utf-8") as f:
+            out["README.md"] = scrub_text(f.read(), info, folder).encode("utf-8")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ model and processor
 
 
@@ -157,10 +216,24 @@ def load_for_export(model_path: str):
     if os.path.isfile(os.path.join(model_path, "adapter_config.json")):
         from .models.lora import load_merged
 
+        check_weights(model_path)
         return load_merged(model_path)
     if not os.path.isfile(os.path.join(model_path, "config.json")):
         raise LADError(f"{model_path!r} has no config.json (nor adapter_config.json); is it a training output_dir?")
+    check_weights(model_path)
     return AutoModelForSemanticSegmentation.from_pretrained(model_path)
+
+
+def check_weights(model_path: str, what: str = "") -> None:
+    """Finish an interrupted final save, then refuse missing or truncated weights in one line."""
+    from .run_folder import roll_forward
+    from .trainers.checkpoints import weights_problem
+
+    roll_forward(model_path)
+    problem = weights_problem(model_path)
+    if problem:
+        raise LADError(f"{what or 'model'} {model_path!r} is incomplete ({problem}): the save was interrupted or the "
+                       "copy cut short; use a complete folder (or a complete checkpoint-* of its run)")
 
 
 def _size_hw(size) -> Tuple[Optional[int], Optional[int]]:
@@ -251,18 +324,25 @@ def export_model(model_path: str, output_dir: str, metrics: Optional[Dict] = Non
             f"{model_path!r} is a label-assisted teacher ({image_channels(model.config)} input channels); export the "
             "distilled student, or pass --allow_label_assisted to export the teacher as is"
         )
-    info = read_training_info(model_path)
+    from .run_folder import replace_folder
+
+    info = run_record(model_path)
     info.pop("hub_token", None)
-    os.makedirs(output_dir, exist_ok=True)
-    model.save_pretrained(output_dir, safe_serialization=True)
+    stage = f"{os.path.normpath(output_dir)}._lad_hf_tmp"  # written whole, then renamed into place
+    import shutil
+
+    shutil.rmtree(stage, ignore_errors=True)
+    os.makedirs(stage)
+    model.save_pretrained(stage, safe_serialization=True)
     processor, note = export_processor(model_path, model, info)
-    processor.save_pretrained(output_dir)
+    processor.save_pretrained(stage)
     card = model_card(model, info, metrics, repo_id, preprocessing=note, model_path=model_path, license=license,
                       tags=tags, model_name=model_name, **card_inputs(info, model_path))
-    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(card)
+    with open(os.path.join(stage, "README.md"), "w", encoding="utf-8") as f:
+        f.write(scrub_text(card, info, model_path))
     if info:
-        write_training_info(output_dir, public_training_info(info, model_path))
+        write_training_info(stage, public_training_info(info, model_path))
+    replace_folder(stage, output_dir)
     return output_dir
 
 

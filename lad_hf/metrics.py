@@ -19,6 +19,8 @@ Memory is O(K^2): predictions are never stored. `torch` and `numpy` only; `evalu
 
 from __future__ import annotations
 
+import math
+
 import os
 import warnings
 from typing import Any, Mapping, Optional
@@ -216,6 +218,19 @@ def mean_iou_from_confusion(confusion, nan_to_num: Optional[float] = None) -> di
     return metrics
 
 
+def json_safe(values: Mapping) -> dict:
+    """Metrics for JSON: NaN/inf (an IoU of a class absent from the data) become null, never a bare `NaN`."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, (float, np.floating)) and not math.isfinite(float(v)):
+            out[k] = None
+        elif isinstance(v, (np.integer, np.floating)):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out
+
+
 def _class_name(k: int, id2label: Optional[Mapping]) -> str:
     if id2label:
         name = id2label.get(k, id2label.get(str(k)))
@@ -226,10 +241,12 @@ def _class_name(k: int, id2label: Optional[Mapping]) -> str:
 
 def flatten_metrics(result: Mapping, id2label: Optional[Mapping] = None, prefix: str = "") -> dict:
     """Flat `{name: float}` for Trainer logs: `mean_iou`, `mean_accuracy`, `overall_accuracy` and
-    `iou_<class name>` per class (class id when `id2label` lacks it; spaces become `_`). NaN stays NaN."""
+    `iou_<class name>` per class (class id when `id2label` lacks it; spaces become `_`; a repeated name gets
+    `_<id>`). NaN stays NaN."""
     flat = {f"{prefix}{key}": float(result[key]) for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
     for k, value in enumerate(np.asarray(result["per_category_iou"], dtype=np.float64).reshape(-1)):
-        flat[f"{prefix}iou_{_class_name(k, id2label)}"] = float(value)
+        key = f"{prefix}iou_{_class_name(k, id2label)}"
+        flat[key if key not in flat else f"{key}_{k}"] = float(value)  # two classes of one name keep both IoUs
     return flat
 
 

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -45,8 +47,8 @@ class LabelNoiseArguments:
     )
 
     def check_noise(self) -> None:
-        if self.label_sigma is not None and self.label_sigma < 0:
-            raise LADError(f"--label_sigma must be >= 0, got {self.label_sigma}")
+        if self.label_sigma is not None and not (self.label_sigma >= 0 and math.isfinite(self.label_sigma)):
+            raise LADError(f"--label_sigma must be a finite number >= 0, got {self.label_sigma}")
         if self.ignore_mode is not None and self.ignore_mode not in IGNORE_MODES:
             raise LADError(f"--ignore_mode must be one of {list(IGNORE_MODES)}, got {self.ignore_mode!r}")
 

@@ -286,24 +286,47 @@ def _split_config(argv: List[str]) -> Tuple[List[str], Optional[str]]:
     return argv, config_path
 
 
+def _recipe_loader():
+    """yaml.SafeLoader that refuses a key given twice (plain YAML silently keeps the last value)."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str) and key in seen:
+                    raise LADError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return RecipeLoader
+
+
 def _load_recipe(config_path: str, types: Sequence[type]) -> Dict:
     import yaml
 
     if not os.path.isfile(config_path):
         raise LADError(f"recipe {config_path!r} not found")
-    with open(config_path) as f:
-        try:
-            recipe = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise LADError(f"recipe {config_path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    not_recipe = (f"--config {config_path!r} is not a lad_hf recipe (a YAML mapping of argument names to values, as "
+                  "in recipes/)")
+    try:
+        with open(config_path) as f:
+            recipe = yaml.load(f, Loader=_recipe_loader()) or {}
+    except LADError as e:
+        raise LADError(f"recipe {config_path!r}: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError):  # its content is never echoed
+        raise LADError(f"{not_recipe}: it is not valid YAML") from None
     if not isinstance(recipe, dict):
-        raise LADError(f"recipe {config_path!r} must be a mapping of argument names to values")
+        raise LADError(not_recipe)
     known = _known_fields(types)
-    for key in recipe:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), list(known), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise LADError(f"recipe {config_path!r}: unknown key {key!r}{hint}")
+    unknown = [key for key in recipe if key not in known]
+    if unknown and len(unknown) == len(recipe):  # no argument at all: not a recipe; its content is not shown
+        raise LADError(f"{not_recipe}: none of its {len(recipe)} key(s) is an argument")
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), list(known), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise LADError(f"recipe {config_path!r}: unknown key {str(key)[:40]!r}{hint}")
     return check_recipe_values(recipe, types, config_path)
 
 

@@ -52,6 +52,10 @@ def load_predictor(model_args):
     if not path:
         raise LADError("predict needs --model_name_or_path (a folder written by lad-hf, or a Hub id)")
     config = None
+    if os.path.isdir(path):  # a final save killed after its commit is finished first (see lad_hf.run_folder)
+        from .run_folder import roll_forward
+
+        roll_forward(path)
     if os.path.isfile(os.path.join(path, "config.json")):  # refuse a teacher before loading its weights
         from transformers import AutoConfig
 

@@ -55,7 +55,7 @@ def test_teacher_distill_evaluate_export_pipeline(tmp_path):
 
     # push offline: one clear line, non-zero, export intact
     push = subprocess.run([sys.executable, "-m", "lad_hf", "export", "--model_path", "student", "--output_dir",
-                           "exported", "--push_to_hub", "true", "--hub_model_id", "me/lad-student"],
+                           "exported", "--overwrite_output_dir", "true", "--push_to_hub", "true", "--hub_model_id", "me/lad-student"],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert push.returncode == 2 and "offline" in push.stderr.strip().splitlines()[-1]
     assert (exported / "model.safetensors").is_file()

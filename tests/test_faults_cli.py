@@ -9,8 +9,11 @@ import logging
 import os
 import re
 import tempfile
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import TINY_SEGFORMER_OVERRIDES, tiny_segformer, write_parquet_dataset
 from lad_hf.cli import main
@@ -210,27 +213,23 @@ def test_output_dir_under_a_file_is_one_line_naming_the_path(tmp_path, capsys, d
     model = _save_segformer(tmp_path / "model")
     _one_line_error(capsys, ["evaluate", "--model_name_or_path", model, "--dataset_name", str(data), "--use_cpu", "true",
                              "--output_dir", out], f"{str(blocker)!r} is a file")
-    # export has no pre-flight check: the OSError of the real write is caught at the CLI boundary
+    # export checks its --output_dir before loading the model, as training does
     _one_line_error(capsys, ["export", "--model_path", model, "--output_dir", out],
-                    f"I/O error at {out!r}", f"({str(blocker)!r} is a file, not a folder)")
+                    f"--output_dir {out!r} cannot be created: {str(blocker)!r} is a file")
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full (every write fails with ENOSPC)")
 def test_full_disk_is_one_line_naming_the_output_dir(tmp_path, capsys, data):
-    # a file of the output folder that is /dev/full: the kernel answers its write with "No space left on device"
-    out = tmp_path / "student"
+    # a file of the output folder that is /dev/full: the kernel answers its write with "No space left on device".
+    # export and training write their final folder whole into a fresh staging folder (atomic save): evaluate writes
+    # its eval_results.json in place, so the full disk is met there
+    out = tmp_path / "ev"
     out.mkdir()
-    (out / "README.md").symlink_to("/dev/full")
+    (out / "eval_results.json").symlink_to("/dev/full")
     model = _save_segformer(tmp_path / "model")
-    _one_line_error(capsys, ["export", "--model_path", model, "--output_dir", str(out)],
+    _one_line_error(capsys, ["evaluate", "--model_name_or_path", model, "--dataset_name", str(data), "--use_cpu", "true",
+                             "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(out)],
                     f"I/O error while writing {str(out)!r}: No space left on device", "the disk is full")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "train_results.json").symlink_to("/dev/full")  # written by the Trainer after training
-    _one_line_error(capsys, ["train", "--dataset_name", str(data), *TINY, *FAST, "--max_steps", "1",
-                             "--eval_strategy", "no", "--output_dir", str(run)],
-                    f"I/O error while writing {str(run)!r}: No space left on device")
-
 
 
 def test_teacher_path_errors_name_the_path(tmp_path, capsys):
@@ -244,3 +243,186 @@ def test_teacher_path_errors_name_the_path(tmp_path, capsys):
                     f"--teacher_model_name_or_path {nowhere!r} does not exist")
     _one_line_error(capsys, ["distill", *missing, "--teacher_model_name_or_path", "someone/teacher"],
                     "cannot read the config of teacher 'someone/teacher': no such folder here, and as a Hub id")
+
+
+# ---------------------------------------------------------------------------------------------------- issue 20
+
+
+def test_export_refuses_its_model_folder_and_a_used_folder_and_replaces_whole(tmp_path, capsys, data):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset_name", str(data), *TINY, *FAST, "--max_steps", "1", "--output_dir", str(run)]) == 0
+    record = (run / "lad_training_info.json").read_text()
+    assert str(data) in record
+    _one_line_error(capsys, ["export", "--model_path", str(run), "--output_dir", str(run)],
+                    "is (inside) --model_path", "choose another --output_dir")
+    assert (run / "lad_training_info.json").read_text() == record  # the run's own paths are kept
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "README.md").write_text("an old card")
+    (out / "lad_training_info.json").write_text('{"teacher_model_name_or_path": "someone/old"}')
+    _one_line_error(capsys, ["export", "--model_path", str(run), "--output_dir", str(out)],
+                    f"--output_dir {str(out)!r} is not empty (README.md, lad_training_info.json)",
+                    "--overwrite_output_dir true")
+    # a model without a record, exported over the old export: nothing of the old export stays beside it
+    bare = tmp_path / "bare"
+    _save_segformer(bare)
+    assert main(["export", "--model_path", str(bare), "--output_dir", str(out), "--overwrite_output_dir", "true"]) == 0
+    assert not (out / "lad_training_info.json").exists() and "an old card" not in (out / "README.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if "_lad_hf" in p.name]  # no staging folder left
+
+
+def test_export_of_a_checkpoint_takes_its_runs_record_and_processor(tmp_path, data):
+    from transformers import AutoImageProcessor
+
+    teacher = tmp_path / "teacher"
+    _save_segformer(teacher, label_assisted=True)
+    run = tmp_path / "student"
+    assert main(["distill", "--dataset_name", str(data), *TINY, *FAST, "--max_steps", "2", "--save_strategy", "steps",
+                 "--save_steps", "2", "--eval_resize", "48", "--teacher_model_name_or_path", str(teacher),
+                 "--output_dir", str(run)]) == 0
+    for name, src in (("final", run), ("ckpt", run / "checkpoint-2")):
+        assert main(["export", "--model_path", str(src), "--output_dir", str(tmp_path / name)]) == 0
+    ckpt, final = tmp_path / "ckpt", tmp_path / "final"
+    card = (ckpt / "README.md").read_text()
+    assert "distilled with lad_hf" in card and "a baseline: no teacher" not in card
+    proc = AutoImageProcessor.from_pretrained(str(ckpt))
+    assert proc.do_resize and proc.size["height"] == proc.size["width"] == 48
+    assert proc.to_dict() == AutoImageProcessor.from_pretrained(str(final)).to_dict()
+    info = json.loads((ckpt / "lad_training_info.json").read_text())
+    assert info["checkpoint"] == "checkpoint-2" and "eval_metrics" not in info  # the final model's metrics stay out
+
+
+def _nan_model(path):
+    model = tiny_segformer()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    model.save_pretrained(path)
+
+
+def test_evaluate_refuses_nan_logits_and_writes_no_bare_nan(tmp_path, capsys, data):
+    run = ["evaluate", "--dataset_name", str(data), "--use_cpu", "true", "--report_to", "none", "--disable_tqdm",
+           "true", "--per_device_eval_batch_size", "2"]
+    _nan_model(tmp_path / "nan")
+    _one_line_error(capsys, run + ["--model_name_or_path", str(tmp_path / "nan")],
+                    "the model's logits are NaN or infinite", "weights are damaged")
+    # a healthy model: strict JSON (an undefined class IoU is null, see tests/test_metrics.py), on stdout and on disk
+    model = _save_segformer(tmp_path / "ok")
+    capsys.readouterr()
+    assert main(run + ["--model_name_or_path", model, "--output_dir", str(tmp_path / "ev")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+
+    def refuse(constant):
+        raise AssertionError(f"bare {constant} in the JSON")
+
+    for text in (line, (tmp_path / "ev" / "eval_results.json").read_text()):
+        metrics = json.loads(text, parse_constant=refuse)
+        assert 0 <= metrics["eval_mean_iou"] <= 1
+
+
+@pytest.mark.parametrize("flag, value, expect", [
+    ("--per_device_train_batch_size", "0", "--per_device_train_batch_size must be >= 1, got 0"),
+    ("--learning_rate", "-1", "--learning_rate must be a finite number > 0, got -1.0"),
+    ("--seed", "-1", "--seed must be in [0, 2**32), got -1"),
+    ("--max_steps", "0", "--max_steps must be > 0 (or -1 to train --num_train_epochs), got 0"),
+    ("--label_sigma", "nan", "--label_sigma must be a finite number >= 0, got nan"),
+])
+def test_bad_ranges_are_refused_before_the_data_loads(tmp_path, capsys, flag, value, expect):
+    # the dataset does not exist: a check that ran after loading would report the dataset instead
+    _one_line_error(capsys, ["teacher", "--dataset_name", str(tmp_path / "none"), "--output_dir", str(tmp_path / "o"),
+                             flag, value], expect)
+
+
+def test_missing_validation_split_and_ignore_index_of_a_class_are_one_line(tmp_path, capsys, data):
+    train_only = tmp_path / "train_only"
+    train_only.mkdir()
+    for name in ("train.parquet", "id2label.json"):
+        (train_only / name).write_bytes((data / name).read_bytes())
+    run = ["train", *TINY, *FAST, "--max_steps", "1", "--output_dir", str(tmp_path / "o")]
+    _one_line_error(capsys, run + ["--dataset_name", str(train_only), "--eval_strategy", "steps", "--eval_steps", "1"],
+                    "--eval_strategy steps needs a validation split", "--train_val_split 0.1")
+    _one_line_error(capsys, run + ["--dataset_name", str(data), "--ignore_index", "0"],
+                    "--ignore_index 0 is also class 0 ('background')")
+    assert not (tmp_path / "o").exists() or not os.listdir(tmp_path / "o")
+
+
+def test_truncated_final_weights_are_one_line_in_evaluate_export_and_distill(tmp_path, capsys, data):
+    model = Path(_save_segformer(tmp_path / "model"))
+    teacher = Path(_save_segformer(tmp_path / "teacher", label_assisted=True))
+    for folder in (model, teacher):
+        blob = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    _one_line_error(capsys, ["evaluate", "--model_name_or_path", str(model), "--dataset_name", str(data),
+                             "--use_cpu", "true"], f"model {str(model)!r} is incomplete (model.safetensors is truncated")
+    _one_line_error(capsys, ["export", "--model_path", str(model), "--output_dir", str(tmp_path / "e")],
+                    "model.safetensors is truncated")
+    _one_line_error(capsys, ["distill", "--dataset_name", str(data), *TINY, *FAST, "--max_steps", "1", "--output_dir",
+                             str(tmp_path / "s"), "--teacher_model_name_or_path", str(teacher)],
+                    f"teacher {str(teacher)!r} is incomplete (model.safetensors is truncated")
+
+
+def test_config_that_is_not_a_recipe_is_refused_without_its_content(tmp_path, capsys):
+    secret = tmp_path / "shadow"
+    secret.write_text("SECRETUSER: $6$SECRETHASH\ndaemon: '*'\n")
+    line = _one_line_error(capsys, ["train", "--config", str(secret), "--output_dir", str(tmp_path / "o")],
+                           "is not a lad_hf recipe", "none of its 2 key(s) is an argument")
+    assert "SECRETUSER" not in line and "SECRETHASH" not in line and "daemon" not in line
+    secret.write_text("SECRETUSER:x:0:0:SECRETNAME:/root:/bin/bash\n")
+    line = _one_line_error(capsys, ["train", "--config", str(secret)], "is not a lad_hf recipe")
+    assert "SECRETNAME" not in line
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("max_steps: 5\nlearning_rate: 0.1\nmax_steps: 7\n")
+    _one_line_error(capsys, ["train", "--config", str(twice)], "key 'max_steps' is given twice (line 3)")
+
+
+def test_one_by_one_images_are_refused_before_training(tmp_path, capsys, data):
+    import datasets as hf_datasets
+    from PIL import Image
+
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    for name in ("train.parquet", "id2label.json"):
+        (tiny / name).write_bytes((data / name).read_bytes())
+    rows = {"image": [Image.new("RGB", (8, 8), (9, 9, 9)), Image.new("RGB", (1, 1), (9, 9, 9))],
+            "label": [Image.fromarray(np.eye(8, dtype=np.uint8)), Image.fromarray(np.ones((1, 1), np.uint8))]}
+    hf_datasets.Dataset.from_dict(rows).cast_column("image", hf_datasets.Image()).cast_column(
+        "label", hf_datasets.Image()).to_parquet(str(tiny / "validation.parquet"))
+    out = tmp_path / "o"
+    _one_line_error(capsys, ["train", "--dataset_name", str(tiny), *TINY, *FAST, "--max_steps", "2", "--output_dir",
+                             str(out)], "validation row 1: its 1x1 image is too small for the model", "--eval_resize")
+    assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+
+
+def _validation_with_a_bad_row(src, dst, n=20, bad=18):
+    """`src`'s train split and a validation split of `n` rows whose row `bad` holds a truncated PNG."""
+    import datasets as hf_datasets
+
+    dst.mkdir()
+    for name in ("train.parquet", "id2label.json"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    val = hf_datasets.load_dataset("parquet", data_files=str(src / "validation.parquet"))["train"]
+    val = val.cast_column("image", hf_datasets.Image(decode=False)).cast_column("label", hf_datasets.Image(decode=False))
+    rows = [val[i % len(val)] for i in range(n)]
+    rows[bad] = dict(rows[bad], image={"bytes": rows[bad]["image"]["bytes"][:40], "path": None})
+    out = hf_datasets.Dataset.from_list(rows).cast_column("image", hf_datasets.Image()).cast_column("label", hf_datasets.Image())
+    out.to_parquet(str(dst / "validation.parquet"))
+    return dst
+
+
+def test_bad_validation_row_costs_no_training(tmp_path, capsys, monkeypatch, data):
+    bad = _validation_with_a_bad_row(data, tmp_path / "bad")
+    out = tmp_path / "o"
+    run = ["train", "--dataset_name", str(bad), *TINY, *FAST, "--max_steps", "8", "--eval_strategy", "steps",
+           "--eval_steps", "4", "--save_strategy", "steps", "--save_steps", "4", "--output_dir", str(out)]
+    # a small validation split is checked whole before training: nothing is trained for nothing
+    _one_line_error(capsys, run, "validation row 18: cannot decode the image or mask")
+    assert not list(out.glob("checkpoint-*"))
+    # a larger one (here: above a lowered limit) is checked as it is evaluated: the step's checkpoint is kept first
+    import lad_hf.cli
+
+    monkeypatch.setattr(lad_hf.cli, "EVAL_PRECHECK_ROWS", 4)
+    _one_line_error(capsys, run, "validation row 18", f"the training up to step 4 is saved in {out}/checkpoint-4",
+                    f"--resume_from_checkpoint {out}/checkpoint-4")
+    from lad_hf.trainers.checkpoints import checkpoint_problem
+
+    assert checkpoint_problem(str(out / "checkpoint-4")) is None

@@ -601,3 +601,18 @@ def test_teacher_stability_needs_two_draws():
     teacher = add_label_channel(tiny_segformer())
     with pytest.raises(LADError, match="draws"):
         teacher_stability(teacher, x, y, LabelNoiser(4), draws=1)
+
+
+def test_json_safe_metrics_and_repeated_class_names():
+    import json
+
+    from lad_hf.metrics import flatten_metrics, json_safe, mean_iou_from_confusion
+
+    cm = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 0]])  # class 2 absent and never predicted: IoU undefined
+    flat = flatten_metrics(mean_iou_from_confusion(cm), id2label={0: "road", 1: "car", 2: "car"})
+    assert set(flat) == {"mean_iou", "mean_accuracy", "overall_accuracy", "iou_road", "iou_car", "iou_car_2"}
+    assert flat["iou_car"] == pytest.approx(3 / 6) and math.isnan(flat["iou_car_2"])
+    safe = json_safe({**flat, "n": np.int64(3), "x": np.float32(0.5)})
+    text = json.dumps(safe, allow_nan=False)
+    assert json.loads(text)["iou_car_2"] is None and safe["n"] == 3 and safe["x"] == 0.5
+    assert safe["mean_iou"] == pytest.approx(np.mean([5 / 8, 3 / 6]))

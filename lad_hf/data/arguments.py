@@ -80,6 +80,8 @@ class DataArguments:
         image_mean (`list[float]` or `None`), image_std (`list[float]` or `None`):
             Normalisation; `None` takes them from the model's image processor, else ImageNet's.
         pad_to_multiple_of (`int` or `None`, defaults to `None`): The collator pads H and W to a multiple of it.
+        allow_outside_paths (`bool`, defaults to `False`): Let `metadata.csv`/`.jsonl` name files outside the
+            dataset folder (absolute paths, `..`, symlinks leading out); refused by default.
         skip_bad_samples (`bool`, defaults to `False`):
             Instead of stopping: the CLI decodes every row once and drops unreadable rows and rows whose mask
             does not fit the image (`drop_bad_samples`; the count is logged again at the end of the run
@@ -173,6 +175,11 @@ class DataArguments:
     )
     pad_to_multiple_of: Optional[int] = field(
         default=None, metadata={"help": "Collator pads height and width to a multiple of this (e.g. 14 or 32)."}
+    )
+    allow_outside_paths: bool = field(
+        default=False,
+        metadata={"help": "Let metadata.csv/.jsonl name files outside the dataset folder (absolute paths, '..', "
+                          "symlinks leading out); refused by default."},
     )
     skip_bad_samples: bool = field(
         default=False,

@@ -140,6 +140,17 @@ def _read_metadata(path: str):
         raise LADError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
 
 
+def _confine(root: str, meta_path: str, listed: Sequence[str], paths: Sequence[str]) -> None:
+    """Every listed path resolves (symlinks followed) inside the dataset folder: else one line that names the
+    metadata row's path as written, never whether the target exists."""
+    top = os.path.realpath(root)
+    for shown, path in zip(listed, paths):
+        real = os.path.realpath(path)
+        if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+            raise LADError(f"{meta_path} lists {shown!r}, which leads outside the dataset folder {root!r} (an absolute "
+                           "path, '..' or a symlink); keep the files inside it, or pass --allow_outside_paths true")
+
+
 def _load_image_folder(root: str, metadata_files: Sequence[str], data_args: DataArguments, known: Iterable[str]):
     """Image folder whose metadata.csv/.jsonl pairs `file_name` (image) with a mask-path column."""
     import datasets
@@ -189,6 +200,8 @@ def _load_image_folder(root: str, metadata_files: Sequence[str], data_args: Data
 
         images = [os.path.normpath(os.path.join(base, str(p))) for p in df[img_col]]
         masks = [os.path.normpath(os.path.join(base, str(p))) for p in df[lbl_col]]
+        if not data_args.allow_outside_paths:
+            _confine(root, meta_path, [str(p) for p in df[img_col]] + [str(p) for p in df[lbl_col]], images + masks)
         missing = [p for pair in zip(images, masks) for p in pair if not os.path.isfile(p)]
         keep = [True] * len(df)
         if missing:

@@ -72,7 +72,8 @@ def validate_dataset_sample(
     `>= num_labels` (or negative) that are not `ignore_index`; fewer than two classes across the sampled
     masks. Column names, colours, label reduction and the `--label_set`/`--label_map` remapping default to
     `data_args` when given (values are checked after remapping). A `DatasetDict`
-    is checked split by split. Returns `{"rows_checked", "classes_seen"}` (for a dict: per split).
+    is checked split by split. Returns `{"rows_checked", "classes_seen", "smallest": (h, w, row)}` (for a dict: per
+    split).
     """
     if isinstance(dataset, dict):  # DatasetDict
         return {
@@ -100,6 +101,7 @@ def validate_dataset_sample(
     k = min(int(n), len(raw))
     rows = undecoded(raw.select(range(k)), [image_col, label_col])  # we decode: a bad file names its row
     seen: set = set()
+    smallest = None
     for i in range(k):
         row = rows[i]
         rid = row.get(ROW_INDEX_COLUMN, i)
@@ -130,12 +132,14 @@ def validate_dataset_sample(
                 f"all classes, or the right --ignore_index"
             )
         seen.update(int(v) for v in values if v != ignore_index)
+        if smallest is None or h * w < smallest[0] * smallest[1]:
+            smallest = (h, w, rid)
     if len(seen) < 2:
         raise LADError(
             f"{split}: the first {k} masks contain only class(es) {sorted(seen)} besides ignore_index={ignore_index}; "
             "segmentation needs >= 2 classes; check --label_column, --label_colors and --do_reduce_labels"
         )
-    return {"rows_checked": k, "classes_seen": sorted(seen)}
+    return {"rows_checked": k, "classes_seen": sorted(seen), "smallest": smallest}
 
 
 def _empty_split_message(split: str, data_args: Optional[DataArguments]) -> str:

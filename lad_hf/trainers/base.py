@@ -19,6 +19,7 @@ from ..metrics import StreamingMeanIoU, confusion_matrix_per_sample
 from ..models import is_label_assisted
 from ..noising import LabelNoiser
 from .checkpoints import CheckpointMixin, last_complete_checkpoint
+from .hub import HubMixin
 from .predictions import ClassMapCollector, EvalImagesCallback, wants_eval_images
 from .record import TrainingRecordMixin
 
@@ -53,9 +54,10 @@ class _NonFiniteGuard(TrainerCallback):
             trainer.check_non_finite(what=" or ".join(trainer._bad_what) or "the training loss")
 
 
-class LADTrainerBase(TrainingRecordMixin, CheckpointMixin, Trainer):
+class LADTrainerBase(TrainingRecordMixin, HubMixin, CheckpointMixin, Trainer):
     """Base for the LAD trainers: subclasses implement `compute_loss` and `eval_forward`. Each writes its training
-    record and lad_hf's model card with the final model (`TrainingRecordMixin`)."""
+    record and lad_hf's model card with the final model (`TrainingRecordMixin`) before a push uploads their public
+    copies (`HubMixin`)."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
@@ -227,7 +229,11 @@ class LADTrainerBase(TrainingRecordMixin, CheckpointMixin, Trainer):
             self._class_maps.add(p, y)
 
     def _confusion(self, logits: torch.Tensor, labels: torch.Tensor):
-        """(mean CE, confusion matrix summed over all processes, argmax class maps) of one batch's logits."""
+        """(mean CE, confusion matrix summed over all processes, argmax class maps) of one batch's logits (refused
+        when not finite: the argmax of NaN is class 0, which would score as a prediction)."""
+        if not bool(torch.isfinite(logits).all()):
+            raise LADError("the model's logits are NaN or infinite on an evaluation batch: its weights are damaged "
+                           "(or overflow in this precision); evaluate a healthy checkpoint")
         # one sample at a time: full-resolution float32 logits of the whole batch are never held at once
         ignore = self.args.ignore_index
         preds = torch.empty_like(labels)
@@ -291,6 +297,19 @@ class LADTrainerBase(TrainingRecordMixin, CheckpointMixin, Trainer):
             result = self.compute_metrics(EvalPrediction(predictions=preds, label_ids=labels))
         result = denumpify_detensorize(dict(result or {}))
         return {(k if k.startswith(f"{prefix}_") else f"{prefix}_{k}"): v for k, v in result.items()}
+
+    def _evaluate(self, trial, ignore_keys_for_eval, skip_scheduler=False):
+        """An evaluation during training that fails on a bad row (beyond the rows checked before training) first
+        saves the step's checkpoint, so the training up to it is kept."""
+        try:
+            return super()._evaluate(trial, ignore_keys_for_eval, skip_scheduler=skip_scheduler)
+        except LADError as e:
+            if self.state.global_step <= 0 or self.args.save_strategy == "no":
+                raise
+            self._save_checkpoint(self.model_wrapped, trial)
+            folder = f"{self.args.output_dir}/checkpoint-{self.state.global_step}"
+            raise LADError(f"{e}; the training up to step {self.state.global_step} is saved in {folder} (fix the data, "
+                           f"then --resume_from_checkpoint {folder})") from None
 
     def on_evaluation_start(self) -> None:
         """Hook: e.g. reseed the evaluation noise."""

@@ -64,11 +64,44 @@ def _torch_file_problem(path: str) -> Optional[str]:
             if not any(n.endswith("data.pkl") for n in z.namelist()):
                 return f"{name} is not a torch.save archive"
             bad = z.testzip()
+            if bad is None:
+                unsafe = _unsafe_globals(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
         if bad is not None:
             return f"{name} is corrupt ({bad} fails its CRC check)"
+        if unsafe:
+            return (f"{name} holds objects a safe load refuses ({unsafe[0]}): it was not written by this training run; "
+                    "never load it with weights_only=False unless you trust its source")
     except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError, RuntimeError) as e:
         return f"{name} is unreadable ({type(e).__name__})"
     return None
+
+
+def _unsafe_globals(pickled: bytes) -> List[str]:
+    """The classes/functions a pickle names that `torch.load(weights_only=True)` would refuse (read from its opcodes,
+    nothing executed)."""
+    import pickletools
+
+    import torch
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    from transformers.trainer_pt_utils import safe_globals
+
+    with safe_globals():  # the numpy objects of transformers' RNG state, allow-listed as transformers loads it
+        extra = torch.serialization.get_safe_globals()
+    allowed = set(_get_allowed_globals())
+    allowed |= {f"{g.__module__}.{g.__qualname__}" for g in extra if hasattr(g, "__qualname__")}
+    found, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(pickled):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except (ValueError, EOFError) as e:
+        return [f"an unreadable pickle ({type(e).__name__})"]
+    return [g for g in found if g not in allowed and not g.startswith("torch._utils._rebuild")]
 
 
 def _training_state_problem(folder: str, names: List[str], sharded: bool) -> Optional[str]:
@@ -88,6 +121,30 @@ def _training_state_problem(folder: str, names: List[str], sharded: bool) -> Opt
             problem = _safetensors_problem(path)
         else:
             continue
+        if problem:
+            return problem
+    return None
+
+
+def weights_problem(folder: str) -> Optional[str]:
+    """Why the safetensors weights of a model folder (final model or checkpoint) are missing or unusable, else None."""
+    names = os.listdir(folder)
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            return "model.safetensors.index.json is unreadable"
+    else:
+        files = [n for n in ("model.safetensors", "adapter_model.safetensors") if n in names]
+    if not files:
+        return "no model.safetensors (or adapter_model.safetensors)"
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        problem = _safetensors_problem(path)
         if problem:
             return problem
     return None
@@ -115,25 +172,9 @@ def checkpoint_problem(folder: str) -> Optional[str]:
     names = os.listdir(folder)
     if any(n.startswith("pytorch_model_fsdp") for n in names):  # FSDP sharded state dict (torch.distributed.checkpoint)
         return _training_state_problem(folder, names, sharded=True)
-    index = os.path.join(folder, "model.safetensors.index.json")
-    files: List[str] = []
-    if os.path.isfile(index):
-        try:
-            with open(index) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError):
-            return "model.safetensors.index.json is unreadable"
-    else:
-        files = [n for n in ("model.safetensors", "adapter_model.safetensors") if n in names]
-    if not files:
-        return "no model.safetensors (or adapter_model.safetensors)"
-    for name in files:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            return f"{name} is missing"
-        problem = _safetensors_problem(path)
-        if problem:
-            return problem
+    problem = weights_problem(folder)
+    if problem:
+        return problem
     return _training_state_problem(folder, names, sharded=False)
 
 
@@ -150,6 +191,35 @@ def last_complete_checkpoint(output_dir: str) -> Optional[str]:
         if os.path.isdir(path):
             logger.warning("skipping incomplete checkpoint %s (%s)", path, problem)
     return None
+
+
+def apply_run_settings(optimizer, scheduler, fresh) -> dict:
+    """After a resume restored the checkpoint's optimizer/scheduler state: put back this run's hyper-parameters
+    (`fresh`: the param groups as this run built them) and, for LambdaLR schedules (all of transformers' step
+    schedules), its base rate; the current rate becomes this run's schedule at the restored step. Returns
+    {setting: (checkpoint's, applied)} for what changed."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    changed = {}
+    for group, new in zip(optimizer.param_groups, fresh):
+        for key, value in new.items():
+            same = list(group[key]) == list(value) if isinstance(value, (tuple, list)) and key in group else None
+            if key != "lr" and key in group and not (same if same is not None else group[key] == value):
+                changed.setdefault("learning_rate" if key == "initial_lr" else key, (group[key], value))
+                group[key] = value
+    if isinstance(scheduler, LambdaLR):
+        step, before = scheduler.last_epoch, [g["lr"] for g in optimizer.param_groups]
+        scheduler.base_lrs = [g.get("initial_lr", b) for g, b in zip(optimizer.param_groups, scheduler.base_lrs)]
+        for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(step)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        if any(not math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) for a, b in zip(before, scheduler._last_lr)):
+            changed[f"learning rate at step {step}"] = (before[0], scheduler._last_lr[0])
+    elif "learning_rate" in changed:
+        raise LADError(f"--lr_scheduler_type {type(scheduler).__name__} keeps its own rate on resume: resume with the "
+                       "run's --learning_rate, or start a new run")
+    return {k: (float(a) if isinstance(a, float) else a, float(b) if isinstance(b, float) else b)
+            for k, (a, b) in changed.items()}
 
 
 class CheckpointMixin:
@@ -274,7 +344,24 @@ class CheckpointMixin:
         loss = float(losses[-1]) if losses else math.nan
         return TrainOutput(state.global_step, loss, {"train_runtime": 0.0, "epoch": state.epoch or 0.0})
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """Load the checkpoint's optimizer and scheduler state, then apply this run's settings (`--learning_rate`,
+        `--lr_scheduler_type`, `--max_steps`, warmup, weight decay, betas ...) from the restored step, and say so."""
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups] \
+            if checkpoint and self.optimizer is not None else None
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except (ValueError, KeyError) as e:
+            raise LADError(f"the optimizer state of {checkpoint} does not fit this run's optimizer (--optim "
+                           f"{self.args.optim}): {str(e).splitlines()[0]}; resume with the run's own --optim") from None
+        if fresh:
+            self.resume_changes = apply_run_settings(self.optimizer, self.lr_scheduler, fresh)
+            if self.resume_changes:
+                shown = "; ".join(f"{k} {old} -> {new}" for k, (old, new) in self.resume_changes.items())
+                logger.warning("resuming from %s with changed settings, applied from its step on: %s", checkpoint, shown)
+
     def train(self, resume_from_checkpoint=None, **kwargs):
+        self.resume_changes = {}
         resume_from_checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
         if resume_from_checkpoint:
             done = self.finished_run(resume_from_checkpoint)

@@ -67,8 +67,23 @@ logger = logging.getLogger(__name__)
 
 
 def load_teacher(path: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    import os
+
     from transformers import AutoModelForSemanticSegmentation
 
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):  # a LoRA teacher: its saved base + the adapter
+        from ..export import check_weights
+        from ..models.lora import load_merged
+
+        check_weights(path, "LoRA teacher")
+        try:
+            return load_merged(path)
+        except LADError as e:
+            raise LADError(f"cannot load LoRA teacher {path!r}: {e}") from None
+    if os.path.isdir(path):
+        from ..export import check_weights
+
+        check_weights(path, "teacher")
     try:
         return AutoModelForSemanticSegmentation.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:

@@ -64,9 +64,9 @@ class TrainingRecordMixin:
             self.write_record_and_card()
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        if self.is_world_process_zero():  # the card uploaded with a checkpoint push is lad_hf's too
+        if self.is_world_process_zero():  # the card uploaded with a checkpoint push is lad_hf's too (as push_to_hub's)
             os.makedirs(self.args.output_dir, exist_ok=True)
-            self.write_record_and_card()
+            self.create_model_card()
         super()._push_from_checkpoint(checkpoint_folder)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):

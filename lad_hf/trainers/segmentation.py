@@ -50,13 +50,32 @@ class SegmentationConfig(TrainingArguments):
         default=4, metadata={"help": "Evaluation overlays (image | ground truth | prediction) logged to TensorBoard / "
                                      "W&B at each evaluation when they are in --report_to; 0 disables."}
     )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the run already in --output_dir (its checkpoints and final model are "
+                                         "removed); without it, a used --output_dir is refused unless resuming."}
+    )
     logging_nan_inf_filter: bool = field(
         default=False, metadata={"help": "Off: lad_hf stops on a non-finite loss instead (and avoids a host sync per step)."}
     )
 
+    def __post_init__(self):
+        check_ranges(self)  # before the devices, the data and the models are set up
+        super().__post_init__()
+
     def __getstate__(self):
-        # Pickles of the arguments (transformers' training_args.bin, which push_to_hub uploads) never hold Hub tokens.
-        return {k: (None if k.endswith("_token") and isinstance(v, str) else v) for k, v in self.__dict__.items()}
+        # Pickles of the arguments (transformers' training_args.bin, which push_to_hub uploads) never hold Hub tokens
+        # nor local paths (--output_dir, a local teacher ...: "(local)"); the arguments in memory keep them.
+        from ..export import LOCAL, is_local_path
+
+        def public(k, v):
+            if k.endswith("_token") and isinstance(v, str):
+                return None
+            # an absolute path anywhere; a relative one only where a path belongs (never an option value like "adamw")
+            if is_local_path(v) and (v.startswith(("/", "~")) or k.endswith(_PATH_FIELDS)):
+                return LOCAL
+            return v
+
+        return {k: public(k, v) for k, v in self.__dict__.items()}
 
     def __deepcopy__(self, memo):
         # deepcopy keeps the token (only pickles drop it)
@@ -66,6 +85,24 @@ class SegmentationConfig(TrainingArguments):
         memo[id(self)] = new
         new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
         return new
+
+
+_PATH_FIELDS = ("_dir", "_path", "name_or_path", "resume_from_checkpoint", "deepspeed", "run_name", "fsdp_config")
+
+
+def check_ranges(args) -> None:
+    """Values the Trainer would refuse late (after the data loaded) or use silently wrong: one line each, now."""
+    import math
+
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if int(getattr(args, name)) < 1:
+            raise LADError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise LADError(f"--learning_rate must be a finite number > 0, got {args.learning_rate}")
+    if not 0 <= int(args.seed) < 2**32:
+        raise LADError(f"--seed must be in [0, 2**32), got {args.seed}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise LADError(f"--max_steps must be > 0 (or -1 to train --num_train_epochs), got {args.max_steps}")
 
 
 class SegmentationTrainer(LADTrainerBase):

@@ -203,3 +203,37 @@ def test_all_splits_returns_the_test_split_too(tmp_path):
     args = DataArguments(dataset_name=str(root), eval_split="test", max_eval_samples=1)
     dsd, _ = load_segmentation_dataset(args, all_splits=True)
     assert len(dsd["validation"]) == 1 and len(dsd["test"]) == 1 and len(dsd["train"]) == 4
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_metadata_paths_must_stay_inside_the_dataset_folder(tmp_path, how):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "folder"
+    root.mkdir()
+    lines = ["file_name,label_file_name"]
+    for i in range(3):
+        im, lb = _pair(i)
+        im.save(root / f"{i}.png")
+        lb.save(root / f"{i}_m.png")
+        lines.append(f"{i}.png,{i}_m.png")
+    im, lb = _pair(9)
+    im.save(outside / "secret.png")
+    lb.save(outside / "secret_m.png")
+    listed = {"dotdot": "../outside/secret.png", "absolute": str(outside / "secret.png"), "symlink": "link.png"}[how]
+    if how == "symlink":
+        (root / "link.png").symlink_to(outside / "secret.png")
+    lines.append(f"{listed},0_m.png")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(LADError, match="leads outside the dataset folder") as exists:
+        _load(root, tmp_path, id2label='["a","b","c"]')
+    assert listed in str(exists.value) and "--allow_outside_paths true" in str(exists.value)
+    # the same line whether the target exists or not: the error reveals nothing about the disk outside
+    (outside / "secret.png").unlink()
+    with pytest.raises(LADError) as gone:
+        _load(root, tmp_path, id2label='["a","b","c"]')
+    assert str(gone.value) == str(exists.value)
+    if how != "symlink":  # the opt-out reads files outside the folder
+        im.save(outside / "secret.png")
+        dsd, _ = _load(root, tmp_path, id2label='["a","b","c"]', allow_outside_paths=True)
+        assert len(dsd["train"]) == 4

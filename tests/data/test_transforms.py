@@ -136,4 +136,4 @@ def test_apply_transforms_end_to_end_with_dataloader(parquet_dir, tmp_path):
     np.testing.assert_array_equal(val["labels"][0, :12].numpy(), np.asarray(_pair(100)[1]))
     # raw rows stay readable for validation
     report = validate_dataset_sample(tdsd["train"], num_labels=len(id2label))
-    assert report == {"rows_checked": 6, "classes_seen": [0, 1, 2]}
+    assert report == {"rows_checked": 6, "classes_seen": [0, 1, 2], "smallest": (12, 16, 0)}  # (H, W, row)

@@ -1,7 +1,7 @@
 """Fault and abuse tests (issue 7): bad input, NaN/inf, interruption, determinism, 2 CPU processes, security.
 
 Everything runs offline on tiny SegFormers: in-process CLI runs (``lad_hf.cli.main``), one killed subprocess and one
-``torch.distributed.run`` launch with 2 gloo processes.
+``accelerate launch`` (recipes/accelerate_configs/multi_cpu.yaml) with 2 gloo processes.
 """
 
 import io
@@ -403,6 +403,30 @@ def test_last_skips_a_checkpoint_with_a_truncated_training_state_file(tmp_path, 
         assert _global_step(out) == 6
 
 
+class _Payload:
+    """An object whose unpickling would run a command: what a tampered checkpoint holds."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth"])
+def test_last_skips_a_checkpoint_with_an_unsafe_pickle(tmp_path, capsys, caplog, data, finished, name):
+    from lad_hf.trainers.checkpoints import last_complete_checkpoint
+
+    out = _copy_run(finished, tmp_path)
+    state = torch.load(out / "checkpoint-6" / name, weights_only=False)  # our own file: a trusted test fixture
+    torch.save({"state": state, "payload": _Payload()}, out / "checkpoint-6" / name)
+    caplog.clear()
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-3")
+    assert any("checkpoint-6 (" in r.getMessage() and "holds objects a safe load refuses (posix.system)"
+               in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    run = RESUME_RUN + ["--dataset_name", str(data), "--output_dir", str(out), "--resume_from_checkpoint"]
+    line = _one_line_error(capsys, run + [str(out / "checkpoint-6")], "checkpoint-6 is incomplete",
+                           f"{name} holds objects a safe load refuses", f"resume from {out}/checkpoint-3")
+    assert "weights_only=False unless you trust" in line
+
+
 def test_checkpoint_problem_checks_every_file_a_resume_reads(tmp_path, finished):
     from lad_hf.trainers.checkpoints import checkpoint_problem
 
@@ -474,7 +498,8 @@ draw = trainer.noiser(labels)
 draws = [torch.zeros_like(draw) for _ in range(args.world_size)]
 dist.all_gather(draws, draw)
 result = dict(
-    rank=rank, world_size=args.world_size, metrics=metrics,
+    rank=rank, world_size=args.world_size, metrics=metrics, num_processes=trainer.accelerator.num_processes,
+    distributed_type=str(trainer.accelerator.distributed_type).split(".")[-1],
     teacher_type=type(trainer.teacher).__name__, wrapped_type=type(trainer.model_wrapped).__name__,
     teacher_is_prepared=any(m is trainer.teacher for m in trainer.accelerator._models),
     teacher_unchanged=all(torch.equal(before[k], v) for k, v in trainer.teacher.state_dict().items()),
@@ -482,6 +507,13 @@ result = dict(
 )
 with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump(result, f, default=float)
+# the CLI in the same 2-process group: one lock, one atomic final save (it leaves the group when done)
+from lad_hf.cli import main
+code = main(["train", "--dataset_name", data, "--config_name", "segformer", "--config_overrides", os.environ["LAD_TINY"],
+             "--crop_size", "32", "--per_device_train_batch_size", "2", "--max_steps", "2", "--save_steps", "2",
+             "--report_to", "none", "--disable_tqdm", "true", "--eval_strategy", "no", "--ddp_timeout", timeout,
+             "--output_dir", out + "/cli"])
+assert code == 0 and not dist.is_initialized(), code
 """
 
 
@@ -491,6 +523,14 @@ with open(f"{out}/rank{rank}.json", "w") as f:
 # minutes, and the whole launch (torchrun and its workers, one process group) is killed at DIST_WALL_TIMEOUT_S.
 DIST_COLLECTIVE_TIMEOUT_S = 300
 DIST_WALL_TIMEOUT_S = 900
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _run_process_group(cmd, timeout, **kw):
@@ -519,22 +559,28 @@ def test_two_gloo_processes_exact_miou_independent_noise_unwrapped_teacher(tmp_p
     model_dir = tmp_path / "model"
     tiny_segformer(seed=4).save_pretrained(model_dir)
     (tmp_path / "dist.py").write_text(DIST_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--rdzv-conf", f"join_timeout={DIST_COLLECTIVE_TIMEOUT_S}", str(tmp_path / "dist.py"), str(data),
-           str(model_dir), str(teacher_dir), str(tmp_path)]
-    env = _env(ACCELERATE_USE_CPU="1", LAD_TESTS=str(ROOT / "tests"), OMP_NUM_THREADS="1",
-               LAD_DDP_TIMEOUT=str(DIST_COLLECTIVE_TIMEOUT_S))
+    # the README's launch: accelerate with the project's multi_cpu.yaml (a free port, so parallel test runs never meet)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "recipes" / "accelerate_configs" / "multi_cpu.yaml"), "--main_process_port", str(_free_port()),
+           str(tmp_path / "dist.py"), str(data), str(model_dir), str(teacher_dir), str(tmp_path)]
+    env = _env(LAD_TESTS=str(ROOT / "tests"), OMP_NUM_THREADS="1", LAD_DDP_TIMEOUT=str(DIST_COLLECTIVE_TIMEOUT_S),
+               LAD_TINY=TINY_SEGFORMER_OVERRIDES)
+    env.pop("ACCELERATE_USE_CPU", None)
     res = _run_process_group(cmd, DIST_WALL_TIMEOUT_S, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     missing = [r for r in (0, 1) if not (tmp_path / f"rank{r}.json").is_file()]
     assert not missing, f"ranks {missing} wrote no result; stderr tail:\n{res.stderr[-4000:]}"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    cli = tmp_path / "cli"  # 8 rows, 2 processes x batch 2: 2 steps are one epoch (half an epoch on one process)
+    assert json.loads((cli / "trainer_state.json").read_text())["epoch"] == pytest.approx(1.0)
+    assert (cli / "model.safetensors").is_file() and (cli / "checkpoint-2").is_dir()
+    assert not [p.name for p in cli.iterdir() if p.name.startswith("_lad_hf")]  # no lock, no staging folder left
 
     single = _evaluate(capsys, model_dir, data, tmp_path / "ev1")
     keys = [k for k in single if k.startswith(("eval_mean_iou", "eval_mean_accuracy", "eval_overall_accuracy", "eval_iou_"))]
     assert len(keys) == 3 + len(ID2LABEL)
     for r in ranks:
-        assert r["world_size"] == 2
+        assert r["world_size"] == 2 and r["num_processes"] == 2 and r["distributed_type"] == "MULTI_CPU"
         for k in keys:  # exactly equal: confusion matrices are summed, the 5th sample is not counted twice
             assert r["metrics"][k] == single[k] or (np.isnan(r["metrics"][k]) and np.isnan(single[k])), k
         assert r["teacher_type"] == "SegformerForSemanticSegmentation" and not r["teacher_is_prepared"]

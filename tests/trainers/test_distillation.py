@@ -181,3 +181,32 @@ def test_callers_teacher_keeps_its_precision_and_noise_mismatch_warns(tmp_path, 
         tr = LADDistillationTrainer(model=tiny_segformer(seed=1), teacher_model=teacher,
                                     args=_args(tmp_path, label_sigma=0.05), train_dataset=tensor_dataset)
     assert tr.noiser.sigma == 0.05 and "label_sigma" in caplog.text and "0.03" in caplog.text
+
+
+def test_lora_teacher_loads_its_saved_base_or_names_it(tmp_path):
+    """A plain LoRA teacher (`lad-hf train --use_lora`) loads from its own folder's base_model, offline; without
+    that base the error names the LoRA base model, not a Hub connection."""
+    import shutil
+
+    import numpy as np
+
+    from conftest import TINY_SEGFORMER_OVERRIDES, write_parquet_dataset
+    from lad_hf.cli import main
+    from lad_hf.models.lora import BASE_MODEL_DIR
+    from lad_hf.trainers import load_teacher
+
+    data = write_parquet_dataset(tmp_path / "data", n_train=4, n_val=2)
+    teacher = tmp_path / "teacher"
+    assert main(["train", "--dataset_name", str(data), "--config_name", "segformer", "--config_overrides",
+                 TINY_SEGFORMER_OVERRIDES, "--crop_size", "32", "--per_device_train_batch_size", "2", "--max_steps",
+                 "1", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--eval_strategy", "no",
+                 "--use_lora", "true", "--output_dir", str(teacher)]) == 0
+    assert (teacher / "adapter_config.json").is_file() and (teacher / BASE_MODEL_DIR).is_dir()
+    model = load_teacher(str(teacher))
+    assert type(model).__name__ == "SegformerForSemanticSegmentation" and not hasattr(model, "peft_config")
+    x = torch.zeros(1, 3, 32, 32)
+    assert np.isfinite(model(pixel_values=x).logits.detach().numpy()).all()
+    shutil.rmtree(teacher / BASE_MODEL_DIR)
+    with pytest.raises(LADError, match=rf"^cannot load LoRA teacher {str(teacher)!r}: ") as e:
+        load_teacher(str(teacher))
+    assert "huggingface.co" not in str(e.value)
