@@ -414,15 +414,15 @@ def _evaluate(model_args, data_args, args, save: bool):
     collator = fit_collator(model, build_collator(data_args, len(id2label)), args.ignore_index)
     trainer = cls(model=model, args=args, eval_dataset=ds["validation"], data_collator=collator)
     metrics = trainer.evaluate()
+    from .metrics import json_safe
+
+    if save and trainer.is_world_process_zero():  # first: a failing write is then the only line on stderr
+        with open(os.path.join(args.output_dir, "eval_results.json"), "w") as f:
+            json.dump(json_safe(metrics), f, indent=4, sort_keys=True)
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON line only
         trainer.log_metrics("eval", metrics)
     if trainer.is_world_process_zero():
-        from .metrics import json_safe
-
         _report_skipped(data_args)
-        if save:
-            with open(os.path.join(args.output_dir, "eval_results.json"), "w") as f:
-                json.dump(json_safe(metrics), f, indent=4, sort_keys=True)
         print(json.dumps(json_safe(metrics), allow_nan=False))
     return metrics
 
