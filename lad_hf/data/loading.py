@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import re
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -151,6 +151,32 @@ def _confine(root: str, meta_path: str, listed: Sequence[str], paths: Sequence[s
                            "path, '..' or a symlink); keep the files inside it, or pass --allow_outside_paths true")
 
 
+def _metadata_columns(meta_path: str, cols: List[str], data_args: DataArguments) -> Tuple[str, str]:
+    """(image-path column, mask-path column) of a metadata file's columns."""
+    explicit_image = data_args.image_column if data_args.image_column in cols else None
+    try:
+        img_col = pick_column(cols, explicit_image, IMAGE_PATH_COLUMN_CANDIDATES, "image path", "--image_column")
+    except LADError:
+        raise LADError(f"{meta_path} needs a file_name column with the image paths; its columns are {cols}") from None
+    rest = [c for c in cols if c != img_col and c != "split"]
+    wanted = data_args.label_column
+    if wanted and wanted not in rest:
+        for suffix in ("_file_name", "_path"):
+            if wanted + suffix in rest:
+                wanted = wanted + suffix
+                break
+    try:
+        lbl_col = pick_column(rest, wanted, MASK_PATH_COLUMN_CANDIDATES, "mask path", "--label_column", cols)
+    except LADError:
+        generic = [c for c in rest if c.endswith("_file_name")]
+        if data_args.label_column or not generic:
+            raise LADError(
+                f"{meta_path}: no mask-path column (e.g. label_file_name) among {cols}; pass --label_column"
+            ) from None
+        lbl_col = generic[0]
+    return img_col, lbl_col
+
+
 def _load_image_folder(root: str, metadata_files: Sequence[str], data_args: DataArguments, known: Iterable[str]):
     """Image folder whose metadata.csv/.jsonl pairs `file_name` (image) with a mask-path column."""
     import datasets
@@ -162,29 +188,7 @@ def _load_image_folder(root: str, metadata_files: Sequence[str], data_args: Data
         base = os.path.dirname(meta_path)
         cols = list(df.columns)
         if image_name is None:
-            explicit_image = data_args.image_column if data_args.image_column in cols else None
-            try:
-                img_col = pick_column(cols, explicit_image, IMAGE_PATH_COLUMN_CANDIDATES, "image path", "--image_column")
-            except LADError:
-                raise LADError(
-                    f"{meta_path} needs a file_name column with the image paths; its columns are {cols}"
-                ) from None
-            rest = [c for c in cols if c != img_col and c != "split"]
-            wanted = data_args.label_column
-            if wanted and wanted not in rest:
-                for suffix in ("_file_name", "_path"):
-                    if wanted + suffix in rest:
-                        wanted = wanted + suffix
-                        break
-            try:
-                lbl_col = pick_column(rest, wanted, MASK_PATH_COLUMN_CANDIDATES, "mask path", "--label_column", cols)
-            except LADError:
-                generic = [c for c in rest if c.endswith("_file_name")]
-                if data_args.label_column or not generic:
-                    raise LADError(
-                        f"{meta_path}: no mask-path column (e.g. label_file_name) among {cols}; pass --label_column"
-                    ) from None
-                lbl_col = generic[0]
+            img_col, lbl_col = _metadata_columns(meta_path, cols, data_args)
             image_name, label_name = img_col, lbl_col
         else:
             img_col, lbl_col = image_name, label_name

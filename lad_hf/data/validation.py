@@ -105,32 +105,8 @@ def validate_dataset_sample(
     for i in range(k):
         row = rows[i]
         rid = row.get(ROW_INDEX_COLUMN, i)
-        try:
-            image = load_image(row[image_col])  # a full decode: truncated files fail here, not mid-training
-            h, w = image.size[1], image.size[0]
-            label = decode_mask(row[label_col], colors, bool(do_reduce_labels), ignore_index, label_map=label_map)
-        except LADError as e:
-            raise LADError(f"{split} row {rid}: {e}") from None
-        except (OSError, ValueError, SyntaxError) as e:
-            raise LADError(
-                f"{split} row {rid}: cannot decode the image or mask ({str(e).splitlines()[0]}); fix or remove the "
-                "file, or pass --skip_bad_samples to drop such rows"
-            ) from None
-        if label.shape != (h, w):
-            raise LADError(
-                f"{split} row {rid}: image is {h}x{w} (HxW) but its mask is {label.shape[0]}x{label.shape[1]}; "
-                "fix the data or pass --skip_bad_samples"
-            )
-        values = np.unique(label)
-        bad = values[((values >= num_labels) | (values < 0)) & (values != ignore_index)]
-        if bad.size:
-            shown = bad[:10].tolist()
-            raise LADError(
-                f"{split} row {rid}: label values {shown} are outside 0..{num_labels - 1} and not ignore_index="
-                f"{ignore_index}; pass --label_set for a standard dataset (ade20k, cityscapes, voc, coco-stuff) or "
-                f"--label_map to remap raw values, --do_reduce_labels if 0 is background, an --id2label listing "
-                f"all classes, or the right --ignore_index"
-            )
+        h, w, values = _check_row(row, rid, image_col, label_col, colors, bool(do_reduce_labels), ignore_index,
+                                  label_map, num_labels, split)
         seen.update(int(v) for v in values if v != ignore_index)
         if smallest is None or h * w < smallest[0] * smallest[1]:
             smallest = (h, w, rid)
@@ -140,6 +116,38 @@ def validate_dataset_sample(
             "segmentation needs >= 2 classes; check --label_column, --label_colors and --do_reduce_labels"
         )
     return {"rows_checked": k, "classes_seen": sorted(seen), "smallest": smallest}
+
+
+def _check_row(row, rid, image_col: str, label_col: str, colors, reduce: bool, ignore_index: int, label_map,
+               num_labels: int, split: str):
+    """(height, width, label values) of one raw row, fully decoded; a bad row raises one line naming it."""
+    try:
+        image = load_image(row[image_col])  # a full decode: truncated files fail here, not mid-training
+        h, w = image.size[1], image.size[0]
+        label = decode_mask(row[label_col], colors, reduce, ignore_index, label_map=label_map)
+    except LADError as e:
+        raise LADError(f"{split} row {rid}: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise LADError(
+            f"{split} row {rid}: cannot decode the image or mask ({str(e).splitlines()[0]}); fix or remove the "
+            "file, or pass --skip_bad_samples to drop such rows"
+        ) from None
+    if label.shape != (h, w):
+        raise LADError(
+            f"{split} row {rid}: image is {h}x{w} (HxW) but its mask is {label.shape[0]}x{label.shape[1]}; "
+            "fix the data or pass --skip_bad_samples"
+        )
+    values = np.unique(label)
+    bad = values[((values >= num_labels) | (values < 0)) & (values != ignore_index)]
+    if bad.size:
+        shown = bad[:10].tolist()
+        raise LADError(
+            f"{split} row {rid}: label values {shown} are outside 0..{num_labels - 1} and not ignore_index="
+            f"{ignore_index}; pass --label_set for a standard dataset (ade20k, cityscapes, voc, coco-stuff) or "
+            f"--label_map to remap raw values, --do_reduce_labels if 0 is background, an --id2label listing "
+            f"all classes, or the right --ignore_index"
+        )
+    return h, w, values
 
 
 def _empty_split_message(split: str, data_args: Optional[DataArguments]) -> str:
