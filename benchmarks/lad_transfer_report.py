@@ -15,7 +15,13 @@ NAMES = {"baseline": "baseline (= same-size plain teacher)", "lad_teacher": "LAD
 
 
 def load(path: Path) -> list:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The cells of a JSON-lines log, their transfer ratios recomputed by the current rule."""
+    from lad_hf.fashion_scenes.transfer import transfer_ratios
+
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in records:
+        r["transfer"] = {sp: transfer_ratios(r["rows"], sp) for sp in ("validation", "test")}
+    return records
 
 
 def setting_name(rec: dict) -> str:

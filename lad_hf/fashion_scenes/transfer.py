@@ -172,13 +172,17 @@ def run_cell(data, setting: dict, seed: int, cache: Cache, teachers_only: bool =
     return rows, models
 
 
+MIN_LEAD = 0.005  # a ratio is reported only when the teacher leads the baseline by more than 0.5 mIoU points
+
+
 def transfer_ratios(rows: dict, split: str) -> dict:
-    """(student − baseline) / (teacher − baseline) for each student row, in mIoU."""
+    """(student − baseline) / (teacher − baseline) for each student row, in mIoU; `ratio` is None unless the teacher
+    leads by more than `MIN_LEAD` (a ratio over a lead near 0 or below says nothing)."""
     base = rows["baseline"][split]["mean_iou"]
     out = {}
     for name, r in rows.items():
         if "teacher" in r and r["teacher"] in rows:
             lead = rows[r["teacher"]][split]["mean_iou"] - base
             gain = r[split]["mean_iou"] - base
-            out[name] = {"gain": gain, "teacher_lead": lead, "ratio": gain / lead if abs(lead) > 1e-9 else None}
+            out[name] = {"gain": gain, "teacher_lead": lead, "ratio": gain / lead if lead > MIN_LEAD else None}
     return out

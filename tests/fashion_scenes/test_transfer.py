@@ -26,6 +26,8 @@ def test_transfer_ratio_is_student_gain_over_teacher_lead():
     out = transfer_ratios(rows, "validation")
     assert out["lad_student"]["ratio"] == pytest.approx(0.3) and out["lad_student"]["gain"] == pytest.approx(0.03)
     assert out["self_student"]["ratio"] is None  # its teacher is the baseline: no lead, no ratio
+    rows["lad_teacher"]["validation"]["mean_iou"] = 0.39  # a teacher below the baseline: a ratio would mislead
+    assert transfer_ratios(rows, "validation")["lad_student"]["ratio"] is None
 
 
 def test_cell_keys_name_only_what_differs_from_the_default():
