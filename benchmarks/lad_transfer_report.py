@@ -25,9 +25,20 @@ def load(path: Path) -> list:
 
 
 def setting_name(rec: dict) -> str:
+    """`regime: what differs from the default`, e.g. `mosaic: label init random ×1, RGB dropout 0.3`."""
     key = json.loads(rec["key"])
     key.pop("seed")
-    return ", ".join(f"{k}={v}" for k, v in sorted(key.items())) or "default"
+    regime = key.pop("regime", rec["setting"]["regime"])
+    parts = []
+    if "label_channel_init" in key or "label_channel_scale" in key:
+        s = rec["setting"]
+        parts.append(f"label init {s['label_channel_init']} ×{s['label_channel_scale']:g}")
+        key.pop("label_channel_init", None)
+        key.pop("label_channel_scale", None)
+    if "rgb_dropout" in key:
+        parts.append(f"RGB dropout {key.pop('rgb_dropout'):g}")
+    parts += [f"{k}={v}" for k, v in sorted(key.items())]
+    return f"{regime}: " + (", ".join(parts) or "default")
 
 
 def _fmt(vals, scale=100.0, sign=False) -> str:
@@ -76,8 +87,9 @@ def setting_table(recs: list, split: str) -> str:
 
 def summary_table(groups: dict, split: str) -> str:
     """One line per setting: teacher lead, label gains, and each student's gain over the baseline."""
-    lines = [f"| plan | setting | seeds | LAD teacher − baseline | label gain (ŷ=0 / shuffled) | LAD student | "
-             f"self-distillation | bigger-teacher CWD | LAD − self ({split}) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| plan | regime: setting | seeds | LAD teacher − baseline | label gain (ŷ=0 / shuffled) | LAD student | "
+             f"self-distillation | bigger-teacher CWD | LAD − self ({split}) | transfer ratio LAD / bigger |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (plan, name), recs in sorted(groups.items()):
         def gains(m):
             return [r["rows"][m][split]["mean_iou"] - r["rows"]["baseline"][split]["mean_iou"] for r in recs if m in r["rows"]]
@@ -88,7 +100,9 @@ def summary_table(groups: dict, split: str) -> str:
         lines.append(f"| {plan} | {name} | {len(recs)} | {_fmt(gains('lad_teacher'), sign=True)} | "
                      f"{_fmt([x['label_gain'] for x in t], sign=True)} / {_fmt([x.get('label_gain_shuffled') for x in t], sign=True)} | "
                      f"{_fmt(gains('lad_student'), sign=True)} | {_fmt(gains('self_student'), sign=True)} | "
-                     f"{_fmt(gains('big_student'), sign=True)} | {_fmt(diff, sign=True)} |")
+                     f"{_fmt(gains('big_student'), sign=True)} | {_fmt(diff, sign=True)} | "
+                     f"{_ratio([r['transfer'][split]['lad_student']['ratio'] for r in recs])} / "
+                     f"{_ratio([r['transfer'][split]['big_student']['ratio'] for r in recs])} |")
     return "\n".join(lines)
 
 
