@@ -133,7 +133,7 @@ class Cache:
         return self.models[key]
 
 
-STUDENT_KEYS = ("distill_weight", "distill_tau", "distill_loss", "fixed_class_encoding")
+STUDENT_KEYS = ("distill_weight", "distill_tau", "distill_loss", "fixed_class_encoding")  # the last: LAD only
 
 
 def run_cell(data, setting: dict, seed: int, cache: Cache, teachers_only: bool = False, log=print):
@@ -143,6 +143,7 @@ def run_cell(data, setting: dict, seed: int, cache: Cache, teachers_only: bool =
     run = (s["regime"], s["steps"], s["lr"], s["batch_size"], seed)
     teacher = tuple(s[k] for k in TEACHER_KEYS) + (seed,)
     student = tuple(s[k] for k in STUDENT_KEYS)
+    plain_student = student[:3]  # the class encoding only matters with a label-assisted teacher
     big = spec.replace(model=s["big_teacher"])
     # the LAD teacher: the student's preset and lr unless `lad_teacher` / `teacher_lr` name others
     lad = spec.replace(model=s["lad_teacher"] or s["student"], lr=s["teacher_lr"] or s["lr"])
@@ -152,9 +153,9 @@ def run_cell(data, setting: dict, seed: int, cache: Cache, teachers_only: bool =
         ("big_teacher", ("plain", s["big_teacher"]) + run, lambda m: E.train_plain(data, big), None),
         ("lad_student", ("lad_student",) + teacher + student, lambda m: E.train_student(data, spec, m["lad_teacher"]),
          "lad_teacher"),
-        ("self_student", ("self_student", s["student"]) + run + student,
+        ("self_student", ("self_student", s["student"]) + run + plain_student,
          lambda m: E.train_student(data, spec, m["baseline"]), "baseline"),
-        ("big_student", ("big_student", s["big_teacher"]) + run + student,
+        ("big_student", ("big_student", s["big_teacher"]) + run + plain_student,
          lambda m: E.train_student(data, spec, m["big_teacher"]), "big_teacher"),
     ]
     rows, models = {}, {}
