@@ -45,7 +45,6 @@ PLANS = {
     "accept": [dict(label_sigma=1.0, label_channel_init="random", label_channel_scale=1.0, big_teacher="cnn-medium"),
                dict(label_sigma=0.1, label_channel_init="random", label_channel_scale=1.0, big_teacher="cnn-medium")],
     # the controls at the default setting, and the teacher made to read its label (RGB dropout, random label weights)
-    # (zero-init label weights get no consistent gradient: α is symmetric, so the teacher never starts reading)
     "main": [dict(), dict(rgb_dropout=0.3, label_channel_init="random", label_channel_scale=1.0),
              dict(label_channel_init="random", label_channel_scale=1.0)],
     # the discriminating experiments (one seed first; the best on the student's validation gain gets 3)
