@@ -88,7 +88,7 @@ def test_bad_invocations_exit_with_one_line(tmp_path, capsys):
     capsys.readouterr()
     data = ["--dataset_name", str(tmp_path / "data"), "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"]
     _one_line_error(capsys, ["teacher", *data, *COMMON, "--image_column", "photo"], "columns are ['image', 'label']")
-    _one_line_error(capsys, ["teacher", "--dataset_name", str(tmp_path / "none"), "--output_dir", "o"], "does not exist")
+    _one_line_error(capsys, ["teacher", "--dataset_name", str(tmp_path / "none"), "--output_dir", str(tmp_path / "o")], "does not exist")
     _one_line_error(capsys, ["teacher", *data, "--consistncy_weight", "2"], "did you mean --consistency_weight")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("dataset_name: x\nlearning_rat: 0.1\n")
