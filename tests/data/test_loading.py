@@ -123,16 +123,22 @@ def test_imagefolder_metadata_jsonl_split_subfolders(tmp_path):
     assert dsd["train"][0]["city"] == "x"
 
 
-def test_imagefolder_missing_file_errors_or_is_skipped(tmp_path):
-    root = tmp_path / "folder3"
+def _image_folder(root, n=3, missing_mask=None):
+    """`root` with n image/mask PNG pairs (`i.png`, `i_m.png`; the mask of row `missing_mask` not written) and the
+    `metadata.csv` lines that list all of them (header first; the caller writes the file)."""
     root.mkdir()
     lines = ["file_name,label_file_name"]
-    for i in range(3):
+    for i in range(n):
         im, lb = _pair(i)
         im.save(root / f"{i}.png")
-        if i != 1:
+        if i != missing_mask:
             lb.save(root / f"{i}_m.png")
         lines.append(f"{i}.png,{i}_m.png")
+    return root, lines
+
+
+def test_imagefolder_missing_file_errors_or_is_skipped(tmp_path):
+    root, lines = _image_folder(tmp_path / "folder3", missing_mask=1)
     (root / "metadata.csv").write_text("\n".join(lines))
     with pytest.raises(LADError, match="1_m.png"):
         _load(root, tmp_path, id2label='["a","b","c"]')
@@ -209,14 +215,7 @@ def test_all_splits_returns_the_test_split_too(tmp_path):
 def test_metadata_paths_must_stay_inside_the_dataset_folder(tmp_path, how):
     outside = tmp_path / "outside"
     outside.mkdir()
-    root = tmp_path / "folder"
-    root.mkdir()
-    lines = ["file_name,label_file_name"]
-    for i in range(3):
-        im, lb = _pair(i)
-        im.save(root / f"{i}.png")
-        lb.save(root / f"{i}_m.png")
-        lines.append(f"{i}.png,{i}_m.png")
+    root, lines = _image_folder(tmp_path / "folder")
     im, lb = _pair(9)
     im.save(outside / "secret.png")
     lb.save(outside / "secret_m.png")
